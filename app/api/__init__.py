@@ -1,0 +1,1 @@
+"""HTTP adapters only: one router per noun. No business logic here."""

@@ -1,0 +1,108 @@
+"""/v1/models: upload, list, get, download, delete."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app import uploads
+from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
+from app.api.schemas import model_out
+from app.catalog import repo
+from app.errors import NotFound
+from app.storage import blob_key
+from app.zipstream import stream_zip
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+UPLOAD_DOC = """Upload a model.
+
+Send **multipart/form-data** with one or more file parts (several for formats made of several files:
+OpenVINO `.xml` + `.bin`, ONNX + external data) and optional `name` and `metadata` (a JSON object)
+fields, or send the **raw file** as the body (`application/octet-stream`, `application/zip`, …) with
+`?filename=`. Directory formats (TensorFlow SavedModel, Core ML `.mlpackage`) come as `.zip`,
+`.tar` or `.tar.gz`. The same content uploaded again returns the existing model with 200."""
+
+
+@router.post("", status_code=201, description=UPLOAD_DOC,
+             responses={200: {"description": "the same content was already uploaded"},
+                        201: {"description": "created"}, 413: {}, 415: {}, 422: {}})
+async def upload_model(
+    request: Request,
+    settings: SettingsDep,
+    db: DatabaseDep,
+    store: StoreDep,
+    filename: Annotated[str | None, Query(description="file name for a raw-body upload")] = None,
+    name: Annotated[str | None, Query(max_length=255)] = None,
+    metadata: Annotated[str | None, Query(description="JSON object")] = None,
+):
+    up = await uploads.receive(request, settings, filename=filename, name=name, metadata=metadata)
+    try:
+        model, created = await anyio.to_thread.run_sync(uploads.ingest, up, settings, db, store)
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, up.workdir, True)
+    return JSONResponse(model_out(model), status_code=201 if created else 200,
+                        headers={"Location": f"/v1/models/{model.id}"})
+
+
+@router.get("")
+def list_models(
+    db: DatabaseDep,
+    format: str | None = None,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    with db.session() as s:
+        rows, total = repo.list_models(s, format=format, name=name, limit=limit, offset=offset)
+        return {"items": [model_out(m) for m in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{model_id}")
+def get_model(model: ModelDep):
+    return model_out(model)
+
+
+@router.get("/{model_id}/download")
+def download_model(model: ModelDep, store: StoreDep, file: str | None = None):
+    """The model's bytes: the file itself for a single-file model, a zip of its files otherwise
+    (``?file=path`` picks one file)."""
+    files = {f.path: f for f in model.files}
+    if file is not None:
+        if file not in files:
+            raise NotFound(f"model '{model.id}' has no file '{file}'", code="file_not_found",
+                           detail={"files": sorted(files)})
+        chosen = [files[file]]
+    else:
+        chosen = list(files.values())
+    if len(chosen) == 1 and not (model.is_directory and file is None):
+        f = chosen[0]
+        fname = f.path.rsplit("/", 1)[-1]
+        return StreamingResponse(
+            store.iter_chunks(blob_key(f.sha256)), media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{fname}"', "Content-Length": str(f.size_bytes),
+                     "ETag": f'"{f.sha256}"'})
+    entries = [(f.path, f.size_bytes, (lambda k=blob_key(f.sha256): store.iter_chunks(k))) for f in chosen]
+    return StreamingResponse(
+        stream_zip(entries), media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{_safe(model.name)}.zip"'})
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+
+
+@router.delete("/{model_id}", status_code=204)
+def delete_model(model_id: str, db: DatabaseDep, store: StoreDep):
+    with db.session() as s:
+        model = repo.get_model(s, model_id)
+        if model is None:
+            raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
+        orphans = repo.delete_model(s, model)
+    for sha in orphans:
+        store.delete(blob_key(sha))
+    return None

@@ -1,0 +1,83 @@
+"""Settings, read from ``MODELPORT_*`` environment variables.
+
+With nothing set, everything runs embedded: SQLite and a local object store under one data
+directory, and an in-process executor. Setting URLs switches to PostgreSQL, S3 and Celery.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_", env_file=None, extra="ignore")
+
+    data_dir: Path = Path(".modelport")
+    database_url: str | None = None  # default: sqlite:///<data_dir>/catalog.db
+    storage_url: str | None = None  # default: file://<data_dir>/objects ; or s3://bucket[/prefix]
+    broker_url: str | None = None  # unset: embedded executor; redis://… : Celery
+
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Limits on uploads.
+    max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)
+    max_files_per_upload: int = Field(default=64, gt=0)
+    archive_max_total_bytes: int = Field(default=20 * 1024**3, gt=0)
+    archive_max_files: int = Field(default=10_000, gt=0)
+    archive_max_ratio: float = Field(default=200.0, gt=1)
+    accept_unknown_formats: bool = False
+
+    # Inspection runs in a child process so a hostile file cannot take the API down.
+    inspect_timeout_s: float = Field(default=120.0, gt=0)
+    inspect_memory_mb: int = Field(default=4096, gt=0)
+    inspect_in_subprocess: bool = True
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("database_url", "storage_url", "broker_url", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.database_url and not self.database_url.startswith(("sqlite", "postgresql")):
+            raise ValueError("MODELPORT_DATABASE_URL must be sqlite:///… or postgresql+psycopg://…")
+        if self.storage_url and not self.storage_url.startswith(("file://", "s3://")):
+            raise ValueError("MODELPORT_STORAGE_URL must be file://… or s3://bucket[/prefix]")
+        if self.database_url and self.database_url.startswith("postgresql://"):
+            # psycopg 3 is the driver we ship; plain postgresql:// would pick psycopg2.
+            self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'catalog.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.resolved_data_dir / 'objects'}"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.resolved_data_dir / "tmp"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

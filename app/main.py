@@ -1,0 +1,72 @@
+"""create_app(): routers, lifespan, error handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__
+from app.config import Settings, get_settings
+from app.errors import ModelportError
+
+log = logging.getLogger("modelport")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from app.catalog.db import Database, upgrade
+        from app.storage import open_store
+
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        upgrade(db.engine)
+        app.state.settings = settings
+        app.state.db = db
+        app.state.store = open_store(settings.resolved_storage_url, settings)
+        try:
+            yield
+        finally:
+            db.dispose()
+
+    app = FastAPI(title="modelport", version=__version__, lifespan=lifespan,
+                  description="Convert, prove, measure and serve trained models.")
+
+    @app.exception_handler(ModelportError)
+    async def _domain(request: Request, exc: ModelportError):
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(x) for x in first["loc"])
+        return JSONResponse({"error": {"code": "invalid_request", "message": f"{where}: {first['msg']}",
+                                       "detail": {"errors": errors}}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail), "detail": {}}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": {"code": "internal_error", "message": "internal error; see the server log",
+                                       "detail": {"type": type(exc).__name__}}}, status_code=500)
+
+    from app.api import formats, health, models
+
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(formats.router)
+    return app

@@ -1,0 +1,398 @@
+"""Upload path: stream the body to disk while hashing, unpack archives safely, dedupe by
+content, detect + inspect + scan in a child process, then store blobs and the catalog row.
+
+Nothing reaches the object store or the catalog until the upload has been checked, and the
+temporary directory is always removed, so a refused upload leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+
+from app import archives
+from app.catalog import repo
+from app.catalog.tables import Model
+from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app.inspection import inspect_files
+from app.storage import blob_key
+
+FLUSH = 4 * 1024 * 1024  # hand work to a thread in 4 MiB pieces: one hop per piece, not per network chunk
+RAW_TYPES = {"application/octet-stream", "application/zip", "application/x-zip-compressed", "application/gzip",
+             "application/x-gzip", "application/x-tar", "application/x-compressed-tar", ""}
+# zip layouts that are models themselves, not directories to unpack
+MODEL_ZIP_MARKERS = ("data.pkl", "archive_format", ".data/extern_modules", "model.weights.h5")
+
+
+@dataclass
+class Received:
+    path: str
+    tmp: Path
+    sha256: str = ""
+    size: int = 0
+
+
+@dataclass
+class Upload:
+    workdir: Path
+    files: list[Received] = field(default_factory=list)
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    original_filename: str | None = None
+
+
+class _Sink:
+    """Writes one file and hashes it, buffering so the thread hop happens per 4 MiB."""
+
+    def __init__(self, rec: Received, budget: _Budget):
+        self.rec = rec
+        self.budget = budget
+        self.fh = open(rec.tmp, "wb")  # noqa: SIM115 - closed in close()
+        self.h = hashlib.sha256()
+        self.buf = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.budget.add(len(data))
+        self.buf += data
+        if len(self.buf) >= FLUSH:
+            await self.flush()
+
+    def _flush_sync(self, chunk: bytes) -> None:
+        self.h.update(chunk)
+        self.fh.write(chunk)
+
+    async def flush(self) -> None:
+        if self.buf:
+            chunk, self.buf = bytes(self.buf), bytearray()
+            await anyio.to_thread.run_sync(self._flush_sync, chunk)
+
+    async def close(self) -> None:
+        await self.flush()
+        self.fh.close()
+        self.rec.sha256 = self.h.hexdigest()
+        self.rec.size = self.rec.tmp.stat().st_size
+
+
+class _Budget:
+    def __init__(self, limit: int):
+        self.limit, self.total = limit, 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        if self.total > self.limit:
+            raise PayloadTooLarge(f"upload is larger than the limit of {self.limit} bytes "
+                                  "(MODELPORT_MAX_UPLOAD_BYTES)", detail={"limit_bytes": self.limit})
+
+
+def _check_name(name: str) -> str:
+    rel = archives.safe_relpath(name, what="file name")
+    if len(rel) > 1000:
+        raise BadRequest("file name is too long", code="bad_filename")
+    return rel
+
+
+async def receive(request: Request, settings, *, filename: str | None, name: str | None,
+                  metadata: str | None) -> Upload:
+    """Stream the request body into a fresh work directory. Caller removes ``upload.workdir``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"upload is larger than the limit of {settings.max_upload_bytes} bytes "
+                              "(MODELPORT_MAX_UPLOAD_BYTES)", detail={"limit_bytes": settings.max_upload_bytes})
+    workdir = settings.tmp_dir / f"upload-{uuid.uuid4().hex}"
+    (workdir / "in").mkdir(parents=True)
+    up = Upload(workdir=workdir, name=name)
+    try:
+        up.metadata = _parse_metadata(metadata)
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        budget = _Budget(settings.max_upload_bytes)
+        if ctype == "multipart/form-data":
+            await _receive_multipart(request, up, budget, settings)
+        elif ctype in RAW_TYPES:
+            fname = filename or _disposition_filename(request.headers.get("content-disposition", ""))
+            if not fname:
+                raise BadRequest("a raw upload needs a file name: pass ?filename=model.onnx (or a "
+                                 "Content-Disposition header), or send multipart/form-data", code="missing_filename")
+            rec = Received(path=_check_name(fname), tmp=workdir / "in" / "0")
+            sink = _Sink(rec, budget)
+            try:
+                async for chunk in request.stream():
+                    await sink.write(chunk)
+            finally:
+                await sink.close()
+            up.files.append(rec)
+        else:
+            raise UnsupportedMediaType(
+                f"content type '{ctype}' is not accepted: send multipart/form-data, or the raw file as "
+                "application/octet-stream (or application/zip, application/gzip, application/x-tar)",
+                code="unsupported_content_type")
+        if not up.files:
+            raise BadRequest("no file in the upload: add one or more file parts", code="empty_upload")
+        for rec in up.files:
+            if rec.size == 0:
+                raise BadRequest(f"'{rec.path}' is empty (0 bytes)", code="empty_upload", detail={"file": rec.path})
+        up.original_filename = up.files[0].path if len(up.files) == 1 else None
+        return up
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _parse_metadata(raw: str | None) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise BadRequest(f"metadata must be a JSON object: {e}", code="bad_metadata") from None
+    if not isinstance(value, dict):
+        raise BadRequest("metadata must be a JSON object", code="bad_metadata")
+    if len(raw) > 64 * 1024:
+        raise BadRequest("metadata is larger than 64 KiB", code="bad_metadata")
+    return value
+
+
+def _disposition_filename(header: str) -> str | None:
+    from python_multipart.multipart import parse_options_header
+
+    if not header:
+        return None
+    _, params = parse_options_header(header)
+    v = params.get(b"filename")
+    return v.decode("utf-8", "replace") if v else None
+
+
+async def _receive_multipart(request: Request, up: Upload, budget: _Budget, settings) -> None:
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(request.headers["content-type"])
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart body without a boundary", code="bad_multipart")
+
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "sink": None, "text": None}
+    pending: list[tuple[str, Any]] = []  # parser callbacks are sync; queue work for the async loop
+    fields: dict[str, bytes] = {}
+
+    def on_part_begin() -> None:
+        state["headers"] = {}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        disp, p = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        fname = p.get(b"filename")
+        fieldname = p.get(b"name", b"").decode("utf-8", "replace")
+        pending.append(("begin", (fieldname, fname.decode("utf-8", "replace") if fname is not None else None)))
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        pending.append(("data", data[start:end]))
+
+    def on_part_end() -> None:
+        pending.append(("end", None))
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    sink: _Sink | None = None
+    text: tuple[str, bytearray] | None = None
+    seen: set[str] = set()
+    try:
+        async for chunk in request.stream():
+            try:
+                parser.write(chunk)
+            except Exception as e:
+                raise BadRequest(f"malformed multipart body: {e}", code="bad_multipart") from None
+            for kind, value in pending:
+                if kind == "begin":
+                    fieldname, fname = value
+                    if fname is not None:
+                        if len(up.files) >= settings.max_files_per_upload:
+                            raise BadRequest(f"more than {settings.max_files_per_upload} files in one upload",
+                                             code="too_many_files")
+                        if fname == "":
+                            raise BadRequest(f"file part '{fieldname}' has an empty file name", code="bad_filename")
+                        rel = _check_name(fname)
+                        if rel in seen:
+                            raise BadRequest(f"file '{rel}' appears twice in the upload", code="duplicate_file")
+                        seen.add(rel)
+                        rec = Received(path=rel, tmp=up.workdir / "in" / str(len(up.files)))
+                        up.files.append(rec)
+                        sink = _Sink(rec, budget)
+                    else:
+                        text = (fieldname, bytearray())
+                elif kind == "data":
+                    if sink is not None:
+                        await sink.write(value)
+                    elif text is not None:
+                        text[1].extend(value)
+                        if len(text[1]) > 64 * 1024:
+                            raise BadRequest(f"form field '{text[0]}' is larger than 64 KiB", code="bad_multipart")
+                elif kind == "end":
+                    if sink is not None:
+                        await sink.close()
+                        sink = None
+                    elif text is not None:
+                        fields[text[0]] = bytes(text[1])
+                        text = None
+            pending.clear()
+        parser.finalize()
+    finally:
+        if sink is not None:
+            await sink.close()
+    if "name" in fields and up.name is None:
+        up.name = fields["name"].decode("utf-8", "replace").strip() or None
+    if "metadata" in fields and not up.metadata:
+        up.metadata = _parse_metadata(fields["metadata"].decode("utf-8", "replace"))
+
+
+# --------------------------------------------------------------------------- after the body
+
+
+@dataclass
+class Prepared:
+    root: Path
+    files: list[dict[str, Any]]  # {path, sha256, size, tmp}
+    digest: str
+    is_directory: bool
+    hint_name: str | None
+
+
+def _is_model_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(n == m or n.endswith("/" + m) for n in names for m in MODEL_ZIP_MARKERS) or (
+        "config.json" in names and "metadata.json" in names)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(up: Upload, settings) -> Prepared:
+    """Unpack a directory archive if that is what came, and compute the content digest."""
+    files = up.files
+    root = up.workdir / "files"
+    root.mkdir()
+    if len(files) == 1:
+        rec = files[0]
+        kind = archives.kind(rec.tmp)
+        low = rec.path.lower()
+        named_archive = low.endswith((".zip", ".tar", ".tar.gz", ".tgz"))
+        if kind is not None and not (kind == "zip" and _is_model_zip(rec.tmp)) and (
+            named_archive or kind != "zip"
+        ):
+            out = root / "x"
+            out.mkdir()
+            paths = archives.extract(rec.tmp, out, max_files=settings.archive_max_files,
+                                     max_total=settings.archive_max_total_bytes, max_ratio=settings.archive_max_ratio)
+            if not paths:
+                raise archives.ArchiveError("the archive holds no files", code="empty_upload")
+            rec.tmp.unlink()
+            entries = []
+            for p in paths:
+                f = out / p
+                entries.append({"path": p, "sha256": _sha256_file(f), "size": f.stat().st_size, "tmp": f})
+            return Prepared(out, entries, _manifest_digest(entries), True, _strip_archive_ext(rec.path))
+    # plain files: lay them out under their names (hard links, no copies)
+    entries = []
+    for rec in files:
+        dest = root / rec.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        rec.tmp.rename(dest)
+        entries.append({"path": rec.path, "sha256": rec.sha256, "size": rec.size, "tmp": dest})
+    digest = entries[0]["sha256"] if len(entries) == 1 else _manifest_digest(entries)
+    hint = files[0].path if len(files) == 1 else None
+    return Prepared(root, entries, digest, False, hint)
+
+
+def _strip_archive_ext(name: str) -> str:
+    low = name.lower()
+    for ext in (".tar.gz", ".tgz", ".zip", ".tar"):
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _manifest_digest(entries: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e["path"]):
+        h.update(f"{e['path']}\0{e['sha256']}\0{e['size']}\n".encode())
+    return h.hexdigest()
+
+
+def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
+    """Check, store and record an upload. Returns (model, created). Blocking: run in a thread."""
+    prep = prepare(up, settings)
+    with db.session() as s:
+        existing = repo.get_model_by_digest(s, prep.digest)
+        if existing is not None:
+            return existing, False
+    inspection = inspect_files(
+        prep.root, [e["path"] for e in prep.files], prep.hint_name, accept_unknown=settings.accept_unknown_formats,
+        in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
+        memory_mb=settings.inspect_memory_mb,
+    )
+    stored: list[str] = []
+    try:
+        for e in prep.files:
+            key = blob_key(e["sha256"])
+            if not store.exists(key):
+                store.put_file(key, e["tmp"], move=True)
+                stored.append(e["sha256"])
+        primary = inspection.get("primary_file") or prep.files[0]["path"]
+        default_name = (up.name or _strip_archive_ext(up.original_filename or primary.rsplit("/", 1)[-1]))
+        with db.session() as s:
+            model = repo.add_model(
+                s,
+                files=prep.files,
+                digest=prep.digest,
+                name=default_name[:255],
+                format=inspection["format"],
+                primary_file=primary,
+                is_directory=prep.is_directory,
+                size_bytes=sum(e["size"] for e in prep.files),
+                file_count=len(prep.files),
+                original_filename=up.original_filename,
+                user_metadata=up.metadata,
+                inspection=inspection,
+                warnings=list(inspection.get("warnings", [])),
+            )
+        return model, True
+    except Exception as exc:
+        from sqlalchemy.exc import IntegrityError
+
+        with db.session() as s:
+            orphans = [sha for sha in stored if not repo.blob_referenced(s, sha)]
+            winner = repo.get_model_by_digest(s, prep.digest) if isinstance(exc, IntegrityError) else None
+        for sha in orphans:
+            if winner is None or sha not in {f.sha256 for f in winner.files}:
+                store.delete(blob_key(sha))
+        if winner is not None:  # the same bytes landed concurrently: that one wins
+            return winner, False
+        raise

