@@ -16,19 +16,28 @@ def _torch():
     return torch
 
 
+def _tiny_class():
+    import torch
+
+    global Tiny
+    if "Tiny" not in globals():
+
+        class Tiny(torch.nn.Module):  # module level, so a full-model torch.save can pickle it
+            def __init__(self):
+                super().__init__()
+                self.fc1 = torch.nn.Linear(8, 16)
+                self.fc2 = torch.nn.Linear(16, 3)
+
+            def forward(self, x):
+                return self.fc2(torch.relu(self.fc1(x)))
+
+        Tiny.__qualname__ = "Tiny"
+    return Tiny
+
+
 def tiny_module():
-    torch = _torch()
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1 = torch.nn.Linear(8, 16)
-            self.fc2 = torch.nn.Linear(16, 3)
-
-        def forward(self, x):
-            return self.fc2(torch.relu(self.fc1(x)))
-
-    return Tiny().eval()
+    _torch()
+    return _tiny_class()().eval()
 
 
 def onnx_model(out: Path, *, external: bool = False, name: str = "tiny.onnx") -> list[Path]:

@@ -202,14 +202,14 @@ def test_size_limit_is_413_and_leaves_nothing(tmp_path, files):
     from app.main import create_app
     from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path, max_upload_bytes=1000)
+    settings = make_settings(tmp_path, max_upload_bytes=500)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         c.settings = settings
         big = files["onnx"]
-        assert big.stat().st_size > 1000
+        assert big.stat().st_size > 500
         r = upload_raw(c, big)
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
-        assert r.json()["error"]["detail"]["limit_bytes"] == 1000
+        assert r.json()["error"]["detail"]["limit_bytes"] == 500
 
         def chunks():  # no Content-Length: the limit is enforced while streaming
             data = big.read_bytes()

@@ -77,7 +77,7 @@ def inspect(files: ModelFiles, det: Detection) -> Inspection:
     insp.versions = {
         "ir_version": model.ir_version,
         "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
-        "producer": " ".join(x for x in (model.producer_name, model.producer_version) if x) or None,
+        "producer": " ".join(_text(x) for x in (model.producer_name, model.producer_version) if x) or None,
         "onnx_library": onnx.__version__,
     }
     ops = Counter(n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in g.node)
@@ -95,6 +95,11 @@ def inspect(files: ModelFiles, det: Detection) -> Inspection:
     if custom:
         insp.warnings.append(f"uses operators from non-standard domains: {', '.join(custom)}")
     return insp
+
+
+def _text(v) -> str:
+    # a damaged file can carry invalid UTF-8 in string fields; protobuf then hands back bytes
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _external(files: ModelFiles, det: Detection, model, insp: Inspection) -> None:
