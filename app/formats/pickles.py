@@ -58,6 +58,9 @@ ALLOWED: dict[str, set[str]] = {
         "_rebuild_meta_tensor_no_storage", "_rebuild_wrapper_subclass", "_rebuild_nested_tensor",
     },
     "torch._tensor": {"_rebuild_from_type_v2"},
+    # TorchScript's own list/tag helpers (torch/jit/_pickle.py): they only rebuild containers
+    "torch.jit._pickle": {"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+                          "build_complexlist", "build_tensor_from_id", "restore_type_tag"},
     "torch.nn.parameter": {"Parameter"},
     "torch": set(STORAGE_DTYPES) | set(TORCH_DTYPES) | TORCH_MISC | {"Tensor"},
     "torch.storage": {"UntypedStorage", "TypedStorage"},
@@ -275,6 +278,8 @@ class InertUnpickler(pickle.Unpickler):
             }.get(name, _Stub)
         if module == "torch._tensor":
             return _rebuild_from_type
+        if module == "torch.jit._pickle":
+            return lambda *args: args[0] if args else None
         if module == "torch":
             if name in STORAGE_DTYPES:
                 return _storage_type(name)
