@@ -185,6 +185,19 @@ def read_status(pid: int) -> dict[str, int]:
     return out
 
 
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU of the process and of its reaped children (the inspection child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
+
+
 def children(pid: int) -> list[int]:
     """Direct children of every thread (the inspection child is spawned from a worker thread)."""
     out: list[int] = []
@@ -211,6 +224,7 @@ class Sampler(threading.Thread):
         self.peak = self.baseline
         self.child_peak = 0
         self.samples = 0
+        self.cpu0 = cpu_seconds(pid)
         self.t0 = time.perf_counter()
         self.t_body: float | None = None
 
@@ -247,6 +261,7 @@ class Sampler(threading.Thread):
             "vmhwm_growth_mb": (st.get("VmHWM", 0) - self.baseline) / MiB if self.hwm_reset else None,
             "rss_after_mb": st.get("VmRSS", 0) / MiB,
             "child_rss_peak_mb": self.child_peak / MiB,
+            "server_cpu_s": cpu_seconds(self.pid) - self.cpu0,
             "samples": self.samples,
         }
 
@@ -290,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mb", type=int, default=1024, help="test file size in MiB (default 1024)")
     ap.add_argument("--repeat", type=int, default=3, help="repetitions of each measurement (default 3)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed warm-up rounds of all three before the repetitions (default 1); their RSS still "
+                    "counts for the RSS target")
     ap.add_argument("--tmp-root", default="/tmp", help="where the one temporary directory goes (default /tmp)")
     ap.add_argument("--out", help="JSON result path (default bench/results/upload-<timestamp>.json)")
     ap.add_argument("--server-cmd", help="command that starts the modelport API on {port}, run from the repository "
@@ -329,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
               "and modelport data dir all under it)")
         print(f"test file    : {src.name}, {size} bytes ({size_mb:.1f} MB), valid SafeTensors, generated "
               f"in {gen_s:.2f}s; MB = MiB")
-        print(f"repeat       : {args.repeat} (median reported); os.sync() untimed before each run; "
-              "source file hot in page cache for all")
+        print(f"repeat       : {args.repeat} (median reported) after {args.warmup} untimed warm-up round(s); "
+              "os.sync() untimed before each run; source file hot in page cache for all")
         print("dedupe       : previous model DELETEd before each modelport repetition (same file content)")
 
         sport, mport = free_port(), free_port()
@@ -365,7 +383,16 @@ def main(argv: list[str] | None = None) -> int:
                     "body_received_s": body_s, "after_body_s": (wall - body_s) if body_s else None,
                     **mem, "curl": cinfo}
 
-        for i in range(args.repeat):
+        def delete_model(model_id: str) -> None:
+            req = urllib.request.Request(f"http://127.0.0.1:{mport}/v1/models/{model_id}", method="DELETE")
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                if resp.status != 204:
+                    raise RuntimeError(f"DELETE answered {resp.status}")
+
+        warm: dict[str, list[dict]] = {"cp": [], "curl_static": [], "modelport": []}
+        for i in range(-args.warmup, args.repeat):
+            into = warm if i < 0 else runs
+            last = i == args.repeat - 1
             # A: cp
             drop_dirty()
             dst = cp_dir / src.name
@@ -373,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["cp", str(src), str(dst)], check=True)
             wall = time.perf_counter() - t
             dst.unlink()
-            runs["cp"].append({"wall_s": wall, "mb_s": size_mb / wall})
+            into["cp"].append({"wall_s": wall, "mb_s": size_mb / wall})
 
             # B: curl PUT to the static server
             drop_dirty()
@@ -387,24 +414,24 @@ def main(argv: list[str] | None = None) -> int:
             if got.stat().st_size != size:
                 raise RuntimeError("static server stored a truncated file")
             got.unlink()
-            runs["curl_static"].append({"wall_s": wall, "mb_s": size_mb / wall, **mem, "curl": cinfo})
+            into["curl_static"].append({"wall_s": wall, "mb_s": size_mb / wall, **mem, "curl": cinfo})
 
             # C: modelport
             drop_dirty()
             r = modelport_once(201)
-            runs["modelport"].append(r)
-            if i < args.repeat - 1:
-                req = urllib.request.Request(f"http://127.0.0.1:{mport}/v1/models/{r['model_id']}", method="DELETE")
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    assert resp.status == 204
-            print(f"  rep {i + 1}/{args.repeat}: cp {runs['cp'][-1]['wall_s']:.2f}s  "
-                  f"curl-static {runs['curl_static'][-1]['wall_s']:.2f}s  modelport {r['wall_s']:.2f}s "
-                  f"(+{r['rss_growth_mb']:.1f} MB RSS)", flush=True)
+            into["modelport"].append(r)
+            if not last:
+                delete_model(r["model_id"])  # so the next upload is not a dedupe hit
+            tag = f"warm-up {i + args.warmup + 1}/{args.warmup}" if i < 0 else f"rep {i + 1}/{args.repeat}"
+            print(f"  {tag:12}: cp {into['cp'][-1]['wall_s']:.2f}s  "
+                  f"curl-static {into['curl_static'][-1]['wall_s']:.2f}s  modelport {r['wall_s']:.2f}s "
+                  f"(+{r['rss_growth_mb']:.1f} MB RSS, server CPU {r['server_cpu_s']:.2f}s)"
+                  + ("  [not counted]" if i < 0 else ""), flush=True)
 
         # extra: the same bytes again, model still there -> dedupe hit (200)
         drop_dirty()
         dedupe = modelport_once(200)
-        print(f"  dedupe hit : {dedupe['wall_s']:.2f}s (HTTP {dedupe['http']})")
+        print(f"  {'dedupe hit':12}: modelport {dedupe['wall_s']:.2f}s (HTTP {dedupe['http']}, same bytes, model kept)")
         print()
 
         # ------------------------------------------------------------------ report
@@ -412,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             walls = [r["wall_s"] for r in rs]
             s = {"wall_s": med(walls), "wall_min_s": min(walls), "wall_max_s": max(walls),
                  "mb_s": med([r["mb_s"] for r in rs])}
-            for k in ("rss_growth_mb", "vmhwm_growth_mb", "child_rss_peak_mb", "body_received_s", "after_body_s"):
+            for k in ("rss_growth_mb", "vmhwm_growth_mb", "child_rss_peak_mb", "server_cpu_s", "body_received_s",
+                      "after_body_s"):
                 vals = [r[k] for r in rs if r.get(k) is not None]
                 if vals:
                     s[k] = med(vals)
@@ -432,25 +460,27 @@ def main(argv: list[str] | None = None) -> int:
             ("C  modelport POST /v1/models", med_["modelport"]),
             ("   modelport dedupe hit (1 run)", med_["modelport_dedupe_hit"]),
         ]
-        hdr = (f"{'measurement':34} {'wall s':>8} {'min-max s':>11} {'MB/s':>8} {'x cp':>6} {'x curl':>7} "
-               f"{'RSS +MB':>8} {'HWM +MB':>8} {'body s':>7} {'after s':>8}")
-        print(f"Upload of {size_mb:.0f} MB, median of {args.repeat} (RSS +MB: server peak VmRSS - baseline, "
-              "20 ms sampling; HWM +MB: VmHWM after reset - baseline;")
-        print("body s: until modelport's temp file held the whole body; after s: body received -> response)")
+        hdr = (f"{'measurement':34} {'wall s':>6} {'min-max s':>10} {'MB/s':>7} {'x cp':>6} {'x curl':>6} "
+               f"{'RSS +MB':>7} {'HWM +MB':>7} {'CPU s':>6} {'body s':>6} {'after s':>7}")
+        print(f"Upload of {size_mb:.0f} MB, median of {args.repeat} (warm-up excluded). RSS +MB: server peak VmRSS "
+              "- baseline, 20 ms sampling; HWM +MB: VmHWM (reset before) - baseline;")
+        print("CPU s: server process user+sys (+ reaped children); body s: until modelport's temp file held the "
+              "whole body; after s: body received -> response")
         print(hdr)
         print("-" * len(hdr))
         for label, s in rows:
             spread = f"{s['wall_min_s']:.2f}-{s['wall_max_s']:.2f}"
-            print(f"{label:34} {s['wall_s']:8.2f} {spread:>11} {s['mb_s']:8.1f} {s['wall_s'] / med_['cp']['wall_s']:6.2f} "
-                  f"{s['wall_s'] / med_['curl_static']['wall_s']:7.2f} {fmt(s.get('rss_growth_mb'), '.1f'):>8} "
-                  f"{fmt(s.get('vmhwm_growth_mb'), '.1f'):>8} {fmt(s.get('body_received_s')):>7} "
-                  f"{fmt(s.get('after_body_s')):>8}")
+            print(f"{label:34} {s['wall_s']:6.2f} {spread:>10} {s['mb_s']:7.1f} "
+                  f"{s['wall_s'] / med_['cp']['wall_s']:6.2f} {s['wall_s'] / med_['curl_static']['wall_s']:6.2f} "
+                  f"{fmt(s.get('rss_growth_mb'), '.1f'):>7} {fmt(s.get('vmhwm_growth_mb'), '.1f'):>7} "
+                  f"{fmt(s.get('server_cpu_s')):>6} {fmt(s.get('body_received_s')):>6} "
+                  f"{fmt(s.get('after_body_s')):>7}")
         print()
         r_cp = med_["modelport"]["wall_s"] / med_["cp"]["wall_s"]
         r_curl = med_["modelport"]["wall_s"] / med_["curl_static"]["wall_s"]
-        peak_growth = max(max(r["rss_growth_mb"] for r in runs["modelport"]), dedupe["rss_growth_mb"],
-                          *[r["vmhwm_growth_mb"] for r in [*runs["modelport"], dedupe]
-                            if r.get("vmhwm_growth_mb") is not None])
+        all_mp = [*warm["modelport"], *runs["modelport"], dedupe]  # the first upload of a fresh server counts
+        peak_growth = max(max(r["rss_growth_mb"] for r in all_mp),
+                          *[r["vmhwm_growth_mb"] for r in all_mp if r.get("vmhwm_growth_mb") is not None])
         targets = {
             "time_ratio_modelport_over_cp": r_cp,
             "time_ratio_modelport_over_curl_static": r_curl,
@@ -467,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{ok(targets['throughput_within_2x_of_cp'])}")
         print(f"modelport / curl-static time ratio: {r_curl:.2f}x  -> throughput within 2x of curl-static baseline: "
               f"{ok(targets['throughput_within_2x_of_curl_static'])}")
-        print(f"modelport peak RSS growth (worst run, max of sampled VmRSS and VmHWM): {peak_growth:.1f} MB "
+        print(f"modelport peak RSS growth (worst upload incl. warm-up and dedupe, max of sampled VmRSS and VmHWM): "
+              f"{peak_growth:.1f} MB "
               f"-> < {RSS_TARGET_MB} MB: {ok(targets['peak_rss_growth_under_100mb'])}")
         print(f"(inspection child process peak RSS, separate process, median: "
               f"{fmt(med_['modelport'].get('child_rss_peak_mb'), '.1f')} MB)")
@@ -478,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "benchmark": "upload",
             "when": dt.datetime.now(dt.UTC).isoformat(),
-            "config": {"size_mb": args.size_mb, "size_bytes": size, "repeat": args.repeat, "work_dir": str(work),
+            "config": {"size_mb": args.size_mb, "size_bytes": size, "repeat": args.repeat, "warmup": args.warmup, "work_dir": str(work),
                        "filesystem": fs, "dedupe_avoidance": "DELETE /v1/models/{id} before each repetition",
                        "mb": "MiB (2**20 bytes)", "rss_sample_interval_s": SAMPLE_S},
             "host": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -488,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "median": med_,
             "targets": targets,
             "runs": {**runs, "modelport_dedupe_hit": [dedupe]},
+            "warmup_runs": warm,
         }
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nJSON: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
