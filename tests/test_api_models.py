@@ -250,3 +250,21 @@ def test_openapi_served(embedded_client):
     spec = embedded_client.get("/openapi.json").json()
     assert "/v1/models" in spec["paths"] and "/v1/models/{model_id}/download" in spec["paths"]
     assert embedded_client.get("/docs").status_code == 200
+
+
+def test_hostile_pickles_are_refused_over_http_and_never_run(client, tmp_path):
+    marker = tmp_path / "pwned"
+    r = client.post("/v1/models", params={"filename": "weights.pt"}, content=models.evil_pickle(f"touch {marker}"),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "unsafe_model"
+    assert any(g.endswith(".system") for g in err["detail"]["offending_globals"])
+    zipped = models.evil_torch_zip(tmp_path)
+    r = client.post("/v1/models", files={"file": ("model.pth", zipped.read_bytes())})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsafe_model"
+    r = client.post("/v1/models", files={"file": ("full.pt", models.full_model_pickle(tmp_path).read_bytes())})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "model_needs_code"
+    assert "needs its code" in r.json()["error"]["message"]
+    assert not marker.exists()
+    assert_clean(client)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
+from app.formats import protowire
 from app.formats.base import (
     Detection,
     FormatInfo,
@@ -131,54 +132,6 @@ _NOT_RUNNABLE = "Core ML prediction needs Apple's Core ML framework (macOS); thi
 # --- detection --------------------------------------------------------------------------------
 
 
-def _varint(f: BinaryIO) -> int | None:
-    result = shift = 0
-    for _ in range(10):
-        b = f.read(1)
-        if not b:
-            return None
-        result |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return result
-        shift += 7
-    return None
-
-
-def top_level_fields(f: BinaryIO, size: int, limit: int = _MAX_TOP_FIELDS) -> list[tuple[int, int]] | None:
-    """``[(field_number, wire_type), …]`` of a protobuf message that fills the whole stream, or None
-    when the bytes are not a well-formed message. Reads tags and lengths only; bodies are skipped."""
-    fields: list[tuple[int, int]] = []
-    while True:
-        pos = f.tell()
-        if pos == size:
-            return fields
-        if len(fields) >= limit:
-            return None
-        tag = _varint(f)
-        if tag is None:
-            return None
-        number, wire = tag >> 3, tag & 7
-        if number == 0:
-            return None
-        if wire == 0:
-            if _varint(f) is None:
-                return None
-        elif wire == 1:
-            f.seek(8, 1)
-        elif wire == 2:
-            length = _varint(f)
-            if length is None:
-                return None
-            f.seek(length, 1)
-        elif wire == 5:
-            f.seek(4, 1)
-        else:  # groups (3, 4) are not used by proto3; 6 and 7 do not exist
-            return None
-        if f.tell() > size:
-            return None
-        fields.append((number, wire))
-
-
 def spec_model_type(files: ModelFiles, rel: str) -> tuple[int, str] | None:
     """(field number, name) of the model type when ``rel`` is a Core ML spec by its top-level fields."""
     try:
@@ -188,8 +141,7 @@ def spec_model_type(files: ModelFiles, rel: str) -> tuple[int, str] | None:
         with open(files.abs(rel), "rb") as f:
             if f.read(1) != b"\x08":  # field 1, varint: specificationVersion comes first
                 return None
-            f.seek(0)
-            fields = top_level_fields(f, size)
+        fields = protowire.top_level_fields(files.abs(rel), max_fields=_MAX_TOP_FIELDS)
     except OSError:
         return None
     if not fields:

@@ -24,7 +24,12 @@ FORMAT = FormatInfo(name="onnx", title="ONNX", extensions=(".onnx",), multi_file
 
 def _looks_onnx(files: ModelFiles, p: str) -> bool:
     fields = protowire.top_level_fields(files.abs(p))
-    return bool(fields) and fields.get(7) == {2} and 1 in fields and fields.get(1) == {0}
+    if not fields:
+        return False
+    wires: dict[int, set[int]] = {}
+    for number, wire in fields:
+        wires.setdefault(number, set()).add(wire)
+    return wires.get(7) == {2} and wires.get(1) == {0}
 
 
 def detect(files: ModelFiles) -> Detection | None:

@@ -1,12 +1,13 @@
-"""A top-level walk over protobuf wire format: which field numbers a message has, with their
-wire types, without a schema. Enough to tell ONNX, Core ML and SavedModel apart from the bytes."""
+"""Protobuf wire format without a schema: a varint reader and a top-level walk that lists a
+message's fields in order. Enough to tell ONNX, Core ML and SavedModel apart from the bytes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """(value, next position); ValueError when truncated or longer than 10 bytes."""
     result = shift = 0
     while True:
         if pos >= len(buf):
@@ -17,45 +18,45 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         if not b & 0x80:
             return result, pos
         shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+        if shift >= 64:
+            raise ValueError("varint longer than 10 bytes")
 
 
-def top_level_fields(path: Path, max_fields: int = 100_000) -> dict[int, set[int]] | None:
-    """``{field_number: {wire_types}}`` for the message in ``path``, or None if it is not valid
-    protobuf wire format all the way to the end. Length-delimited fields are skipped by seeking,
-    so a large file costs only its field headers."""
-    fields: dict[int, set[int]] = {}
+def top_level_fields(path: Path, max_fields: int = 100_000) -> list[tuple[int, int]] | None:
+    """``[(field_number, wire_type), …]`` in file order for the message in ``path``, or None if it
+    is not valid wire format all the way to the end (or has more than ``max_fields`` fields).
+    Length-delimited bodies are skipped by seeking, so a large file costs only its field headers."""
+    fields: list[tuple[int, int]] = []
     size = path.stat().st_size
     if size == 0:
         return None
     with open(path, "rb") as f:
         pos = 0
-        for _ in range(max_fields):
-            if pos == size:
-                return fields
+        while pos != size:
+            if len(fields) >= max_fields:
+                return None
             f.seek(pos)
             head = f.read(20)
             try:
-                key, p = _varint(head, 0)
+                key, p = varint(head, 0)
                 field, wtype = key >> 3, key & 7
                 if field == 0:
                     return None
                 if wtype == 0:
-                    _, p = _varint(head, p)
+                    _, p = varint(head, p)
                     pos += p
                 elif wtype == 1:
                     pos += p + 8
                 elif wtype == 5:
                     pos += p + 4
                 elif wtype == 2:
-                    length, p = _varint(head, p)
+                    length, p = varint(head, p)
                     pos += p + length
-                else:
+                else:  # groups (3, 4) are unused by these formats; 6 and 7 do not exist
                     return None
             except ValueError:
                 return None
             if pos > size:
                 return None
-            fields.setdefault(field, set()).add(wtype)
+            fields.append((field, wtype))
     return fields

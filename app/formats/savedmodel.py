@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
+from app.formats import protowire
 from app.formats.base import (
     Detection,
     FormatInfo,
@@ -100,19 +101,10 @@ class _WireError(Exception):
 
 
 def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(data):
-            raise _WireError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise _WireError("varint longer than 10 bytes")
+    try:
+        return protowire.varint(data, pos)
+    except ValueError as e:
+        raise _WireError(str(e)) from None
 
 
 def _saved_model_fields(data: bytes | memoryview) -> tuple[int | None, list[tuple[int, int]]]:

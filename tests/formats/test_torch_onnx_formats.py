@@ -231,3 +231,15 @@ def test_fuzzed_headers_never_crash_the_readers(out):
             p.write_bytes(bytes(mutated))
             with contextlib.suppress(FormatError):
                 inspect_path(p)
+
+
+def test_torch_package_is_recognised_and_refused(out):
+    torch = pytest.importorskip("torch")
+    path = out / "pkg.pt"
+    with torch.package.PackageExporter(str(path)) as exp:
+        exp.extern("torch.**")
+        exp.save_pickle("model", "state.pkl", {"w": torch.zeros(3)})
+    with pytest.raises(NeedsCode) as e:
+        inspect_path(path)
+    assert e.value.detail["format"] == "torch_package"
+    assert "does not run uploaded code" in e.value.message
