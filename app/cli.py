@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])
     db.add_argument("revision", nargs="?", default=None)
     sub.add_parser("formats", help="list the formats this host understands")
+    worker = sub.add_parser("worker", help="run a Celery worker for hardware queues (needs MODELPORT_BROKER_URL)")
+    worker.add_argument("--queues", "-Q", default="", help="comma-separated: cpu,intel,gpu,apple,cpu.tf … "
+                        "(default: every queue this host can serve)")
+    worker.add_argument("--concurrency", "-c", type=int, default=1)
     args = parser.parse_args(argv)
 
     from app.config import get_settings
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             with database.engine.connect() as conn:
                 print(MigrationContext.configure(conn).get_current_revision())
         return 0
+    if args.cmd == "worker":
+        return _worker(settings, args)
     if args.cmd == "formats":
         from app.api.formats import list_formats
 
@@ -52,6 +58,61 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     return 2
+
+
+def _worker(settings, args) -> int:
+    """Check the queues against this host, announce the worker, heartbeat and reap, run Celery."""
+    import threading
+
+    from app import jobs
+    from workers import capabilities
+
+    if not settings.broker_url:
+        print("modelport worker: set MODELPORT_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker "
+              "`modelport serve` runs conversions in-process", file=sys.stderr)
+        return 2
+    servable = capabilities.servable_queues(settings)
+    requested = [q for q in args.queues.split(",") if q] or sorted(q for q, why in servable.items() if not why)
+    refused = {q: servable.get(q, "no conversion edge uses this queue") for q in requested
+               if q not in servable or servable[q]}
+    if refused:
+        for q, why in refused.items():
+            print(f"modelport worker: refusing queue '{q}': {why}", file=sys.stderr)
+        return 2
+    from app.catalog.db import upgrade
+    from workers import tasks
+    from workers.celery_app import app as celery_app
+
+    wid = jobs.worker_id("celery")
+    tasks._ctx["worker_id"] = wid
+    ctx = tasks.context()
+    upgrade(ctx["db"].engine)
+    caps = capabilities.describe(settings)
+    jobs.announce(ctx["db"], wid, requested, caps)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(5.0, settings.worker_stale_s / 3)):
+            try:
+                jobs.announce(ctx["db"], wid, requested, caps)
+                jobs.reap(ctx["db"], ctx["dispatcher"], settings)
+            except Exception as e:  # keep beating through a database blip
+                print(f"modelport worker: heartbeat failed: {e}", file=sys.stderr)
+
+    threading.Thread(target=beat, daemon=True, name="modelport-heartbeat").start()
+    print(f"modelport worker {wid}: queues {', '.join(requested)}", flush=True)
+    try:
+        celery_app.worker_main([
+            "worker", "-Q", ",".join(requested), "-n", wid.replace("@", "-") + "@%h",
+            "--pool", "solo" if args.concurrency == 1 else "threads", "--concurrency", str(args.concurrency),
+            "--without-gossip", "--without-mingle", "-l", settings.log_level.upper()])
+    finally:
+        stop.set()
+        from app.catalog import repo
+
+        with ctx["db"].session() as s:
+            repo.remove_worker(s, wid)
+    return 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     inspect_memory_mb: int = Field(default=4096, gt=0)
     inspect_in_subprocess: bool = True
 
+    # Conversions.
+    convert_timeout_s: float = Field(default=1800.0, gt=0)
+    convert_memory_mb: int = Field(default=16384, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    step_stale_after_s: float = Field(default=60.0, gt=0, description="a running step without heartbeat this long "
+                                      "is taken back from its (dead) worker")
+    worker_stale_s: float = Field(default=30.0, gt=0, description="a worker without heartbeat this long is gone")
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    embedded_concurrency: int = Field(default=1, ge=1, le=64)
+    toolchains: dict[str, str] = Field(default_factory=dict, description='other toolchains\' interpreters, '
+                                       'e.g. {"tf": "/opt/venv-tf/bin/python"}')
+    celery_visibility_timeout_s: int = Field(default=7200, gt=0)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("database_url", "storage_url", "broker_url", "s3_endpoint_url", mode="before")
@@ -72,6 +85,15 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{self.resolved_data_dir / 'objects'}"
+
+    def toolchain_python(self, name: str) -> str | None:
+        """The interpreter that runs edges of toolchain ``name`` on this host, or None."""
+        import sys
+
+        if name == "main":
+            return sys.executable
+        path = self.toolchains.get(name)
+        return path if path and Path(path).exists() else None
 
     @property
     def tmp_dir(self) -> Path:

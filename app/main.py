@@ -32,9 +32,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.db = db
         app.state.store = open_store(settings.resolved_storage_url, settings)
+        executor = None
+        if settings.broker_url:
+            from app.dispatch import CeleryDispatcher
+
+            app.state.dispatcher = CeleryDispatcher(broker_url=settings.broker_url)
+        else:  # embedded: the same step function on a thread pool in this process
+            from workers.local import EmbeddedExecutor
+
+            executor = EmbeddedExecutor(settings, db, app.state.store)
+            executor.start()
+            app.state.dispatcher = executor
         try:
             yield
         finally:
+            if executor is not None:
+                executor.stop()
             db.dispose()
 
     app = FastAPI(title="modelport", version=__version__, lifespan=lifespan,
@@ -65,8 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        "detail": {"type": type(exc).__name__}}}, status_code=500)
 
     from app.api import formats, health, models
+    from app.api import jobs as jobs_api
 
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(jobs_api.router)
     app.include_router(formats.router)
     return app

@@ -6,15 +6,16 @@ temporary directory is always removed, so a refused upload leaves nothing behind
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 from starlette.requests import Request
 
 from app import archives
@@ -24,7 +25,8 @@ from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.inspection import inspect_files
 from app.storage import blob_key
 
-FLUSH = 4 * 1024 * 1024  # hand work to a thread in 4 MiB pieces: one hop per piece, not per network chunk
+FLUSH = 4 * 1024 * 1024
+_IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="modelport-upload")  # hand work to a thread in 4 MiB pieces: one hop per piece, not per network chunk
 RAW_TYPES = {"application/octet-stream", "application/zip", "application/x-zip-compressed", "application/gzip",
              "application/x-gzip", "application/x-tar", "application/x-compressed-tar", ""}
 # zip layouts that are models themselves, not directories to unpack
@@ -46,10 +48,12 @@ class Upload:
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     original_filename: str | None = None
+    body_bytes: int = 0
 
 
 class _Sink:
-    """Writes one file and hashes it, buffering so the thread hop happens per 4 MiB."""
+    """Writes one file and hashes it. Network chunks are gathered into 4 MiB pieces; each piece is
+    hashed and written on a thread while the next one is received (one piece in flight)."""
 
     def __init__(self, rec: Received, budget: _Budget):
         self.rec = rec
@@ -57,6 +61,7 @@ class _Sink:
         self.fh = open(rec.tmp, "wb")  # noqa: SIM115 - closed in close()
         self.h = hashlib.sha256()
         self.buf = bytearray()
+        self.pending: asyncio.Future | None = None
 
     async def write(self, data: bytes) -> None:
         self.budget.add(len(data))
@@ -64,18 +69,26 @@ class _Sink:
         if len(self.buf) >= FLUSH:
             await self.flush()
 
-    def _flush_sync(self, chunk: bytes) -> None:
+    def _flush_sync(self, chunk: bytearray) -> None:
         self.h.update(chunk)
         self.fh.write(chunk)
 
     async def flush(self) -> None:
         if self.buf:
-            chunk, self.buf = bytes(self.buf), bytearray()
-            await anyio.to_thread.run_sync(self._flush_sync, chunk)
+            chunk, self.buf = self.buf, bytearray()
+            if self.pending is not None:
+                await self.pending
+            self.pending = asyncio.wrap_future(_IO_POOL.submit(self._flush_sync, chunk))
 
     async def close(self) -> None:
-        await self.flush()
-        self.fh.close()
+        try:
+            await self.flush()
+            if self.pending is not None:
+                await self.pending
+        finally:
+            if self.pending is not None and not self.pending.done():
+                await asyncio.wait([self.pending])
+            self.fh.close()
         self.rec.sha256 = self.h.hexdigest()
         self.rec.size = self.rec.tmp.stat().st_size
 
@@ -105,6 +118,8 @@ async def receive(request: Request, settings, *, filename: str | None, name: str
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise PayloadTooLarge(f"upload is larger than the limit of {settings.max_upload_bytes} bytes "
                               "(MODELPORT_MAX_UPLOAD_BYTES)", detail={"limit_bytes": settings.max_upload_bytes})
+    from starlette.requests import ClientDisconnect
+
     workdir = settings.tmp_dir / f"upload-{uuid.uuid4().hex}"
     (workdir / "in").mkdir(parents=True)
     up = Upload(workdir=workdir, name=name)
@@ -122,7 +137,7 @@ async def receive(request: Request, settings, *, filename: str | None, name: str
             rec = Received(path=_check_name(fname), tmp=workdir / "in" / "0")
             sink = _Sink(rec, budget)
             try:
-                async for chunk in request.stream():
+                async for chunk in _body(request, up):
                     await sink.write(chunk)
             finally:
                 await sink.close()
@@ -132,6 +147,9 @@ async def receive(request: Request, settings, *, filename: str | None, name: str
                 f"content type '{ctype}' is not accepted: send multipart/form-data, or the raw file as "
                 "application/octet-stream (or application/zip, application/gzip, application/x-tar)",
                 code="unsupported_content_type")
+        if declared and declared.isdigit() and up.body_bytes != int(declared):
+            raise BadRequest(f"the body has {up.body_bytes} bytes but Content-Length said {declared}",
+                             code="upload_interrupted")
         if not up.files:
             raise BadRequest("no file in the upload: add one or more file parts", code="empty_upload")
         for rec in up.files:
@@ -139,9 +157,18 @@ async def receive(request: Request, settings, *, filename: str | None, name: str
                 raise BadRequest(f"'{rec.path}' is empty (0 bytes)", code="empty_upload", detail={"file": rec.path})
         up.original_filename = up.files[0].path if len(up.files) == 1 else None
         return up
+    except ClientDisconnect:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise BadRequest("the client disconnected before the upload finished", code="upload_interrupted") from None
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+async def _body(request: Request, up: Upload):
+    async for chunk in request.stream():
+        up.body_bytes += len(chunk)
+        yield chunk
 
 
 def _parse_metadata(raw: str | None) -> dict[str, Any]:
@@ -205,16 +232,19 @@ async def _receive_multipart(request: Request, up: Upload, budget: _Budget, sett
     def on_part_end() -> None:
         pending.append(("end", None))
 
+    def on_end() -> None:
+        state["ended"] = True
+
     parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
     })
     sink: _Sink | None = None
     text: tuple[str, bytearray] | None = None
     seen: set[str] = set()
     try:
-        async for chunk in request.stream():
+        async for chunk in _body(request, up):
             try:
                 parser.write(chunk)
             except Exception as e:
@@ -252,7 +282,13 @@ async def _receive_multipart(request: Request, up: Upload, budget: _Budget, sett
                         fields[text[0]] = bytes(text[1])
                         text = None
             pending.clear()
-        parser.finalize()
+        try:
+            parser.finalize()
+        except Exception as e:
+            raise BadRequest(f"malformed multipart body: {e}", code="bad_multipart") from None
+        if not state.get("ended"):
+            raise BadRequest("the multipart body ended before its closing boundary (interrupted upload?)",
+                             code="bad_multipart")
     finally:
         if sink is not None:
             await sink.close()

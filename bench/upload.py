@@ -172,21 +172,6 @@ def make_safetensors(path: Path, size_mb: int) -> int:
     return path.stat().st_size
 
 
-def prefault(path: Path, mb: int) -> float:
-    """Write and delete ``mb`` MiB through the page cache once, untimed. On a VM, page-cache pages
-    the guest has never touched can cost several times more to fill than reused ones (measured here
-    with plain dd: 1 GiB in 0.24 s vs 2.9 s), which otherwise lands on whichever run first needs
-    fresh memory (typically the dedupe row, whose stored blob stays in cache)."""
-    t = time.perf_counter()
-    block = b"\xa5" * (8 * MiB)
-    with open(path, "wb") as f:
-        for _ in range(max(mb // 8, 0)):
-            f.write(block)
-    os.sync()
-    path.unlink()
-    return time.perf_counter() - t
-
-
 def read_status(pid: int) -> dict[str, int]:
     out = {}
     try:
@@ -211,14 +196,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
-
-
-def mem_available_mb() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 def children(pid: int) -> list[int]:
@@ -331,9 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed warm-up rounds of all three before the repetitions (default 1); their RSS still "
                     "counts for the RSS target")
-    ap.add_argument("--prefault-mb", type=int, default=None,
-                    help="MiB written once and deleted before measuring, to pre-touch page-cache memory "
-                    "(default 4 x --size-mb, capped at half of MemAvailable; 0 to skip)")
     ap.add_argument("--tmp-root", default="/tmp", help="where the one temporary directory goes (default /tmp)")
     ap.add_argument("--out", help="JSON result path (default bench/results/upload-<timestamp>.json)")
     ap.add_argument("--server-cmd", help="command that starts the modelport API on {port}, run from the repository "
@@ -369,15 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         for d in (cp_dir, static_dir, data_dir):
             d.mkdir()
 
-        pf_mb = args.prefault_mb if args.prefault_mb is not None else min(4 * args.size_mb, mem_available_mb() // 2)
-        pf_s = prefault(work / "prefault.bin", pf_mb) if pf_mb > 0 else 0.0
         print(f"work dir     : {work}  (filesystem: {fs or '?'}; source, cp target, static-server target "
               "and modelport data dir all under it)")
         print(f"test file    : {src.name}, {size} bytes ({size_mb:.1f} MB), valid SafeTensors, generated "
               f"in {gen_s:.2f}s; MB = MiB")
         print(f"repeat       : {args.repeat} (median reported) after {args.warmup} untimed warm-up round(s); "
               "os.sync() untimed before each run; source file hot in page cache for all")
-        print(f"prefault     : {pf_mb} MB written+synced+deleted before measuring ({pf_s:.1f}s, untimed)")
         print("dedupe       : previous model DELETEd before each modelport repetition (same file content)")
 
         sport, mport = free_port(), free_port()
@@ -538,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "benchmark": "upload",
             "when": dt.datetime.now(dt.UTC).isoformat(),
-            "config": {"size_mb": args.size_mb, "size_bytes": size, "repeat": args.repeat, "warmup": args.warmup, "prefault_mb": pf_mb, "work_dir": str(work),
+            "config": {"size_mb": args.size_mb, "size_bytes": size, "repeat": args.repeat, "warmup": args.warmup, "work_dir": str(work),
                        "filesystem": fs, "dedupe_avoidance": "DELETE /v1/models/{id} before each repetition",
                        "mb": "MiB (2**20 bytes)", "rss_sample_interval_s": SAMPLE_S},
             "host": {"platform": platform.platform(), "python": sys.version.split()[0],

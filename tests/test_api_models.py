@@ -268,3 +268,13 @@ def test_hostile_pickles_are_refused_over_http_and_never_run(client, tmp_path):
     assert "needs its code" in r.json()["error"]["message"]
     assert not marker.exists()
     assert_clean(client)
+
+
+def test_truncated_multipart_is_refused(embedded_client, files):
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"tiny.onnx\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + files["onnx"].read_bytes()[:500])
+    r = embedded_client.post("/v1/models", content=body,
+                             headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_multipart"
+    assert "closing boundary" in r.json()["error"]["message"]
+    assert_clean(embedded_client)

@@ -26,3 +26,44 @@ def model_out(m: Model) -> dict[str, Any]:
         "created_at": m.created_at.isoformat(),
         "links": {"self": f"/v1/models/{m.id}", "download": f"/v1/models/{m.id}/download"},
     }
+
+
+def step_out(st) -> dict[str, Any]:
+    return {
+        "id": st.id, "index": st.index, "edge": st.edge, "queue": st.queue, "options": st.options,
+        "status": st.status, "attempts": st.attempts, "max_attempts": st.max_attempts, "worker": st.worker,
+        "started_at": _iso(st.started_at), "finished_at": _iso(st.finished_at), "seconds": st.seconds,
+        "output_artifact_id": st.output_artifact_id, "error": st.error,
+    }
+
+
+def job_out(j) -> dict[str, Any]:
+    current = next((st for st in j.steps if st.status not in ("succeeded",)), None)
+    return {
+        "id": j.id, "model_id": j.model_id, "target": j.target, "options": j.options, "input_specs": j.input_specs,
+        "status": j.status, "plan": j.plan, "current_step": current.index if current else None,
+        "steps": [step_out(st) for st in j.steps],
+        "artifact_ids": [st.output_artifact_id for st in j.steps if st.output_artifact_id],
+        "artifact_id": j.steps[-1].output_artifact_id if j.status == "succeeded" else None,
+        "error": j.error, "cancel_requested": j.cancel_requested,
+        "created_at": _iso(j.created_at), "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at),
+        "links": {"self": f"/v1/jobs/{j.id}", "logs": f"/v1/jobs/{j.id}/logs"},
+    }
+
+
+def artifact_out(a, download_url: str | None = None) -> dict[str, Any]:
+    return {
+        "id": a.id, "model_id": a.model_id, "format": a.format, "digest": a.digest, "primary_file": a.primary_file,
+        "size_bytes": a.size_bytes, "file_count": a.file_count,
+        "files": [{"path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes} for f in a.files],
+        "lineage": {"model_id": a.model_id, "parent_artifact_id": a.parent_artifact_id, "job_id": a.job_id,
+                    "step_id": a.step_id, "edge": a.edge, "options": a.options, "toolchain": a.toolchain,
+                    "host": a.host},
+        "inspection": a.inspection, "warnings": a.warnings, "created_at": _iso(a.created_at),
+        "download_url": download_url,
+        "links": {"self": f"/v1/artifacts/{a.id}", "download": f"/v1/artifacts/{a.id}/download"},
+    }
+
+
+def _iso(v) -> str | None:
+    return v.isoformat() if v is not None else None

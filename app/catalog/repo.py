@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.catalog.tables import Model, ModelFile
+from app.catalog.tables import Artifact, ArtifactFile, Job, JobStep, Model, ModelFile, Worker
 
 
 def get_model(s: Session, model_id: str) -> Model | None:
@@ -40,13 +40,123 @@ def add_model(s: Session, *, files: list[dict[str, Any]], **fields: Any) -> Mode
 
 
 def delete_model(s: Session, model: Model) -> list[str]:
-    """Delete the model row; return the blob digests no other row references any more."""
+    """Delete a model with its jobs and artifacts; return blob digests nothing references any more."""
     shas = {f.sha256 for f in model.files}
+    for art in list_artifacts(s, model.id):
+        shas |= {f.sha256 for f in art.files}
+        s.delete(art)
+    s.flush()
     s.delete(model)
     s.flush()
-    still = set(s.scalars(select(ModelFile.sha256).where(ModelFile.sha256.in_(shas))).all()) if shas else set()
-    return sorted(shas - still)
+    return sorted(sha for sha in shas if not blob_referenced(s, sha))
 
 
 def blob_referenced(s: Session, sha256: str) -> bool:
-    return s.scalar(select(func.count()).select_from(ModelFile).where(ModelFile.sha256 == sha256)) > 0
+    in_models = s.scalar(select(func.count()).select_from(ModelFile).where(ModelFile.sha256 == sha256))
+    in_artifacts = s.scalar(select(func.count()).select_from(ArtifactFile).where(ArtifactFile.sha256 == sha256))
+    return (in_models or 0) + (in_artifacts or 0) > 0
+
+
+# ----------------------------------------------------------------------------- jobs and steps
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def get_job(s: Session, job_id: str) -> Job | None:
+    return s.get(Job, job_id)
+
+
+def get_step(s: Session, step_id: str) -> JobStep | None:
+    return s.get(JobStep, step_id)
+
+
+def job_by_active_key(s: Session, key: str) -> Job | None:
+    return s.scalar(select(Job).where(Job.active_key == key))
+
+
+def list_jobs(s: Session, *, model_id: str | None = None, status: str | None = None, limit: int = 50,
+              offset: int = 0) -> tuple[list[Job], int]:
+    q = select(Job)
+    if model_id:
+        q = q.where(Job.model_id == model_id)
+    if status:
+        q = q.where(Job.status == status)
+    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def claim_step(s: Session, step_id: str, worker: str, now) -> bool:
+    """Compare-and-set: take a queued step. A redelivered message finds it taken and does nothing."""
+    res = s.execute(
+        update(JobStep)
+        .where(JobStep.id == step_id, JobStep.status.in_(("queued", "waiting_for_hardware")))
+        .values(status="running", attempts=JobStep.attempts + 1, worker=worker, heartbeat_at=now,
+                started_at=now, updated_at=now)
+    )
+    return res.rowcount == 1
+
+
+def heartbeat_step(s: Session, step_id: str, worker: str, now) -> bool:
+    """Refresh the step's heartbeat; False when the step is no longer ours (reaped, cancelled)."""
+    res = s.execute(update(JobStep).where(JobStep.id == step_id, JobStep.worker == worker,
+                                          JobStep.status == "running").values(heartbeat_at=now))
+    return res.rowcount == 1
+
+
+def stale_steps(s: Session, before) -> list[JobStep]:
+    return list(s.scalars(select(JobStep).where(JobStep.status == "running", JobStep.heartbeat_at < before)))
+
+
+def requeue_stale(s: Session, step: JobStep, before, now) -> bool:
+    res = s.execute(update(JobStep).where(JobStep.id == step.id, JobStep.status == "running",
+                                          JobStep.heartbeat_at < before)
+                    .values(status="queued", worker=None, updated_at=now))
+    return res.rowcount == 1
+
+
+def waiting_steps(s: Session, queues: list[str]) -> list[JobStep]:
+    return list(s.scalars(select(JobStep).where(JobStep.status == "waiting_for_hardware",
+                                                JobStep.queue.in_(queues))))
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def get_artifact(s: Session, artifact_id: str) -> Artifact | None:
+    return s.get(Artifact, artifact_id)
+
+
+def list_artifacts(s: Session, model_id: str) -> list[Artifact]:
+    return list(s.scalars(select(Artifact).where(Artifact.model_id == model_id).order_by(Artifact.created_at)))
+
+
+def add_artifact(s: Session, *, files: list[dict[str, Any]], **fields: Any) -> Artifact:
+    art = Artifact(**fields)
+    art.files = [ArtifactFile(path=f["path"], sha256=f["sha256"], size_bytes=f["size"]) for f in files]
+    s.add(art)
+    s.flush()
+    return art
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def upsert_worker(s: Session, worker_id: str, hostname: str, queues: list[str], capabilities: dict[str, Any],
+                  now) -> None:
+    w = s.get(Worker, worker_id)
+    if w is None:
+        s.add(Worker(id=worker_id, hostname=hostname, queues=queues, capabilities=capabilities, started_at=now,
+                     heartbeat_at=now))
+    else:
+        w.queues, w.capabilities, w.heartbeat_at = queues, capabilities, now
+
+
+def remove_worker(s: Session, worker_id: str) -> None:
+    w = s.get(Worker, worker_id)
+    if w is not None:
+        s.delete(w)
+
+
+def live_workers(s: Session, since) -> list[Worker]:
+    return list(s.scalars(select(Worker).where(Worker.heartbeat_at >= since)))

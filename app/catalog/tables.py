@@ -1,5 +1,5 @@
 """Catalog tables (SQLAlchemy 2, typed). Migrations in ``migrations/versions`` create them;
-``tests/test_migrations.py`` checks that the two never drift apart."""
+``tests/test_catalog.py`` checks that the two never drift apart."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -87,3 +89,111 @@ class ModelFile(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
     model: Mapped[Model] = relationship(back_populates="files")
+
+
+class Job(TimestampMixin, Base):
+    """A request to turn a model into a target format: a planned route of steps."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False)
+    target: Mapped[str] = mapped_column(String(32), nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    input_specs: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    request_key: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
+    # equals request_key while the job is live or succeeded; cleared when it fails or is cancelled,
+    # so the same request can be made again. Unique: one live job per request.
+    active_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(24), index=True, nullable=False)
+    plan: Mapped[list[str]] = mapped_column(JSONType, default=list, nullable=False)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    steps: Mapped[list[JobStep]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="JobStep.index", lazy="selectin")
+
+
+class JobStep(TimestampMixin, Base):
+    """One edge of a job's route, run on a worker of its queue."""
+
+    __tablename__ = "job_steps"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False)
+    index: Mapped[int] = mapped_column(Integer, nullable=False)
+    edge: Mapped[str] = mapped_column(String(96), nullable=False)
+    queue: Mapped[str] = mapped_column(String(32), nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    status: Mapped[str] = mapped_column(String(24), index=True, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    input_artifact_id: Mapped[str | None] = mapped_column(String(32))
+    output_artifact_id: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    log: Mapped[str] = mapped_column(Text, default="", nullable=False)
+
+    job: Mapped[Job] = relationship(back_populates="steps")
+
+
+class Artifact(Base):
+    """A converted model, content-addressed in the object store, with its lineage."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    step_id: Mapped[str | None] = mapped_column(String(32))
+    parent_artifact_id: Mapped[str | None] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(32), index=True, nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
+    primary_file: Mapped[str] = mapped_column(String(1024), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    file_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    edge: Mapped[str] = mapped_column(String(96), nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    toolchain: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    inspection: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    warnings: Mapped[list[str]] = mapped_column(JSONType, default=list, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+    files: Mapped[list[ArtifactFile]] = relationship(
+        back_populates="artifact", cascade="all, delete-orphan", order_by="ArtifactFile.path", lazy="selectin")
+
+
+class ArtifactFile(Base):
+    __tablename__ = "artifact_files"
+    __table_args__ = (UniqueConstraint("artifact_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True,
+                                             nullable=False)
+    path: Mapped[str] = mapped_column(String(1024), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    artifact: Mapped[Artifact] = relationship(back_populates="files")
+
+
+class Worker(Base):
+    """A worker process (or the embedded executor) and what it can run, refreshed by heartbeats."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), nullable=False)
+    queues: Mapped[list[str]] = mapped_column(JSONType, default=list, nullable=False)
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True,
+                                                      nullable=False)

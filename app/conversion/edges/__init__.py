@@ -1,0 +1,1 @@
+"""Edge implementations; each runs inside the sandbox (app.conversion.run)."""

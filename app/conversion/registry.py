@@ -1,0 +1,88 @@
+"""Every conversion edge, declared once. The planner, the queue router, ``GET /v1/formats``
+and the tests all read this list. Adding a conversion = one declaration here + one
+implementation module under ``app/conversion/edges/``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from app.conversion.base import Edge, EdgeOptions, Precision
+
+
+class ToOnnxOptions(EdgeOptions):
+    opset: int = Field(default=18, ge=7, le=23, description="ONNX opset of the default domain")
+
+
+class TorchScriptToOnnxOptions(ToOnnxOptions):
+    opset: int = Field(default=17, ge=7, le=20)
+
+
+class NoOptions(EdgeOptions):
+    pass
+
+
+class ToSafeTensorsOptions(EdgeOptions):
+    weights_key: str | None = Field(
+        default=None, description="convert only this sub-dict of a checkpoint (e.g. 'model', 'state_dict'); "
+        "default: every tensor, nested keys joined with '.'")
+
+
+class ToOpenVINOOptions(EdgeOptions):
+    precision: Precision = Field(default="fp32", description="fp32: weights stay fp32; fp16: fp16 weights; "
+                                 "int8: INT8 weight compression with NNCF")
+
+
+class OnnxToOnnxOptions(EdgeOptions):
+    optimize: Literal["none", "basic", "extended"] = Field(
+        default="basic", description="onnxruntime graph optimisation level; 'basic' stays portable")
+    precision: Precision = Field(default="fp32", description="fp16: float16 weights and compute; "
+                                 "int8: dynamic INT8 quantisation (onnxruntime)")
+    keep_io_types: bool = Field(default=True, description="fp16: keep float32 inputs/outputs")
+    per_channel: bool = Field(default=False, description="int8: per-channel weight quantisation")
+
+
+EDGES: tuple[Edge, ...] = (
+    Edge("torch_export", "onnx", "cpu", "main", ToOnnxOptions, "app.conversion.edges.torch_onnx:export_program",
+         "fp32", requires=("torch", "onnx", "onnxscript"),
+         description="torch.onnx.export(dynamo=True) of the ExportedProgram; dynamic dims kept; one self-contained file"),
+    Edge("torchscript", "onnx", "cpu", "main", TorchScriptToOnnxOptions,
+         "app.conversion.edges.torch_onnx:export_torchscript", "fp32", requires=("torch", "onnx"),
+         needs_input_specs=True,
+         description="TorchScript exporter (torch.onnx.export dynamo=False) with input_specs; dynamic axes from specs"),
+    Edge("torch_export", "torchscript", "cpu", "main", NoOptions, "app.conversion.edges.torch_onnx:program_to_torchscript",
+         "fp32", requires=("torch",),
+         description="torch.jit.trace of ExportedProgram.module() at the exported shapes (TorchScript is deprecated)"),
+    Edge("pytorch", "safetensors", "cpu", "main", ToSafeTensorsOptions, "app.conversion.edges.tensors:to_safetensors",
+         "exact", requires=("torch", "safetensors"),
+         description="torch.load(weights_only=True, map_location='cpu'); nested keys joined with '.'; lossless"),
+    Edge("safetensors", "pytorch", "cpu", "main", NoOptions, "app.conversion.edges.tensors:to_pytorch",
+         "exact", requires=("torch", "safetensors"),
+         description="a torch.save zip state dict with the same keys and tensors"),
+    Edge("onnx", "openvino", "intel", "main", ToOpenVINOOptions, "app.conversion.edges.openvino:from_onnx",
+         "fp32", requires=("openvino",),
+         description="openvino.convert_model + save_model (compress_to_fp16 only when precision=fp16)"),
+    Edge("torch_export", "openvino", "intel", "main", ToOpenVINOOptions, "app.conversion.edges.openvino:from_program",
+         "fp32", requires=("openvino", "torch"),
+         description="openvino.convert_model of the ExportedProgram"),
+    Edge("onnx", "onnx", "cpu", "main", OnnxToOnnxOptions, "app.conversion.edges.onnx_opt:transform",
+         "fp32", requires=("onnx", "onnxruntime"), variant="transform",
+         description="graph optimisation, fp16 or dynamic INT8 quantisation with onnxruntime's tools"),
+)
+
+
+def edges() -> tuple[Edge, ...]:
+    return EDGES
+
+
+def by_name(name: str) -> Edge:
+    for e in EDGES:
+        if e.name == name:
+            return e
+    raise KeyError(name)
+
+
+def tolerance(edge: Edge, options: dict) -> str:
+    precision = options.get("precision")
+    return precision if precision in ("fp16", "int8") else edge.tolerance

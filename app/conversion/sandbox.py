@@ -1,0 +1,118 @@
+"""Run one edge in a child process under its toolchain's interpreter, with a wall-clock limit
+and an address-space limit, its output captured to a log file. A converter that crashes, is
+killed, runs out of memory or hangs fails its step with a reason; it never takes the worker down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from app.conversion.base import Edge
+from app.conversion.io import Source
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SandboxFailure(Exception):
+    def __init__(self, error: dict[str, Any]):
+        super().__init__(error.get("message"))
+        self.error = error
+
+
+def run_edge(edge: Edge, src: Source, out_dir: Path, options: dict[str, Any], *, python: str, timeout_s: float,
+             memory_mb: int, log_path: Path, poll: Callable[[], bool] | None = None,
+             poll_every_s: float = 2.0) -> dict[str, Any]:
+    """Convert; return the edge's result dict (``primary``, ``details``, ``warnings``, ``versions``,
+    ``seconds``). Raises :class:`SandboxFailure` with a structured error. ``poll`` is called every
+    ``poll_every_s`` while the child runs (heartbeat); returning True cancels the conversion."""
+    work = out_dir.parent
+    request_path = work / f"request-{os.getpid()}-{time.monotonic_ns()}.json"
+    result_path = request_path.with_name(request_path.stem.replace("request", "result") + ".json")
+    request_path.write_text(json.dumps({
+        "edge": edge.name, "implementation": edge.implementation, "out_dir": str(out_dir),
+        "options": options, "source": {**asdict(src), "root": str(src.root)},
+    }, default=str))
+    limit = memory_mb * 1024 * 1024
+
+    def limits() -> None:
+        os.setsid()
+        _die_with_parent()
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([python, "-m", "app.conversion.run", str(request_path), str(result_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=limits, cwd=work)
+        reason = None
+        while True:
+            try:
+                proc.wait(timeout=poll_every_s)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - started > timeout_s:
+                reason = f"the conversion ran longer than its {timeout_s:g}s time limit and was stopped"
+            elif poll is not None and poll():
+                reason = "cancelled"
+            if reason:
+                _kill(proc)
+                break
+    seconds = round(time.monotonic() - started, 3)
+    request_path.unlink(missing_ok=True)
+    if reason == "cancelled":
+        raise SandboxFailure({"message": "the job was cancelled while converting", "cancelled": True})
+    if reason:
+        raise SandboxFailure({"message": reason, "hint": "raise the time limit for this queue, or convert a "
+                              "smaller model", "seconds": seconds})
+    if not result_path.exists():
+        rc = proc.returncode
+        if rc is not None and rc < 0:
+            sig = signal.Signals(-rc).name
+            why = ("it was killed (out of memory?)" if sig == "SIGKILL" else f"it died with {sig}")
+        else:
+            why = f"it exited with code {rc} before writing a result"
+        tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+        oom = "MemoryError" in tail or "std::bad_alloc" in tail or "Cannot allocate memory" in tail
+        raise SandboxFailure({
+            "message": f"the converter process crashed: {why}" + (" — it ran out of memory" if oom else ""),
+            "hint": f"the memory limit is {memory_mb} MiB (MODELPORT_CONVERT_MEMORY_MB)" if oom else None,
+            "log_tail": tail, "seconds": seconds})
+    payload = json.loads(result_path.read_text())
+    result_path.unlink(missing_ok=True)
+    if not payload.get("ok"):
+        raise SandboxFailure({**payload["error"], "seconds": seconds})
+    result = payload["result"]
+    if not (out_dir / result["primary"]).exists():
+        raise SandboxFailure({"message": f"the converter reported {result['primary']} but did not write it"})
+    result["seconds"] = seconds
+    return result
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the converter when the worker that started it dies (a SIGKILLed worker must
+    not leave an orphan converter running)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -1,0 +1,366 @@
+"""Job lifecycle: create (idempotent), claim, run, advance, fail, cancel, reap.
+
+The catalog row is the truth about a job; the broker only carries step ids. Every message is
+sent after the commit that created its step, a step is claimed with a compare-and-set (a
+redelivered message finds it taken and does nothing), attempts are counted in the row and capped,
+and a step whose worker stops heartbeating is taken back by the reaper."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+
+from app.catalog import repo
+from app.catalog.tables import Job, JobStep, utcnow
+from app.conversion import planner, registry
+from app.conversion.base import InputSpec
+from app.errors import Unprocessable
+
+log = logging.getLogger("modelport.jobs")
+ACTIVE = ("pending", "queued", "waiting_for_hardware", "running")
+LOG_LIMIT = 256 * 1024
+
+
+class Dispatcher(Protocol):
+    def enqueue(self, step_id: str, queue: str) -> None: ...
+
+
+# ----------------------------------------------------------------------------- creating
+
+
+def live_queues(s, settings) -> set[str]:
+    since = utcnow() - dt.timedelta(seconds=settings.worker_stale_s)
+    return {q for w in repo.live_workers(s, since) for q in w.queues}
+
+
+def _canonical(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def check_input_specs(plan: planner.Plan, inspection: dict[str, Any],
+                      input_specs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate ``input_specs``; require them for every input when the route needs them."""
+    specs: dict[str, Any] | None = None
+    if input_specs is not None:
+        if not isinstance(input_specs, dict):
+            raise Unprocessable("input_specs must be an object: {input name: {shape, dtype, dynamic}}",
+                                code="invalid_input_specs")
+        specs = {}
+        for name, spec in input_specs.items():
+            try:
+                specs[name] = InputSpec.model_validate(spec).model_dump()
+            except Exception as e:
+                raise Unprocessable(f"input_specs['{name}']: {e}".splitlines()[0][:500], code="invalid_input_specs",
+                                    detail={"input": name}) from None
+            for axis in specs[name]["dynamic"]:
+                if not axis.isdigit() or int(axis) >= len(specs[name]["shape"]):
+                    raise Unprocessable(f"input_specs['{name}'].dynamic names axis {axis!r}, but the shape has "
+                                        f"{len(specs[name]['shape'])} axes", code="invalid_input_specs")
+    if plan.edges and plan.edges[0].needs_input_specs:
+        names = [i["name"] for i in (inspection.get("inputs") or [])]
+        missing = [n for n in names if not specs or n not in specs]
+        if not names and not specs:
+            missing = ["<every forward argument>"]
+        if missing:
+            raise Unprocessable(
+                f"this model's file does not record its input shapes and dtypes; give input_specs for: "
+                f"{', '.join(missing)} (e.g. {{\"{missing[0]}\": {{\"shape\": [1, 3, 224, 224], \"dtype\": "
+                "\"float32\", \"dynamic\": {\"0\": \"batch\"}}})", code="missing_input_specs",
+                detail={"missing": missing})
+        if specs and names:
+            unknown = [n for n in specs if n not in names]
+            if unknown:
+                raise Unprocessable(f"input_specs names {', '.join(unknown)}, which the model does not take; its "
+                                    f"inputs are {', '.join(names)}", code="invalid_input_specs")
+    return specs
+
+
+def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
+               options: dict[str, Any] | None, input_specs: dict[str, Any] | None) -> tuple[Job, bool]:
+    if options is not None and not isinstance(options, dict):
+        raise Unprocessable("options must be an object", code="invalid_options")
+    with db.session() as s:
+        model = repo.get_model(s, model_id)
+        live = live_queues(s, settings)
+        plan = planner.plan(model.format, target, options or {}, live)
+        specs = check_input_specs(plan, model.inspection, input_specs)
+        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs]).encode()).hexdigest()
+        existing = repo.job_by_active_key(s, key)
+        if existing is not None:
+            return existing, False
+        first_status = "queued" if plan.edges[0].queue in live else "waiting_for_hardware"
+        job = Job(model_id=model_id, target=target, options=options or {}, input_specs=specs, request_key=key,
+                  active_key=key, status=first_status, plan=[e.name for e in plan.edges])
+        job.steps = [
+            JobStep(index=i, edge=e.name, queue=e.queue, options=o, status=first_status if i == 0 else "pending",
+                    max_attempts=settings.max_attempts, log="")
+            for i, (e, o) in enumerate(zip(plan.edges, plan.options, strict=True))
+        ]
+        s.add(job)
+        try:
+            s.flush()
+        except IntegrityError:  # the same request committed concurrently: that job wins
+            s.rollback()
+            return repo.job_by_active_key(s, key), False
+        first = job.steps[0]
+    dispatcher.enqueue(first.id, first.queue)  # after the commit: the row exists before the message
+    with db.session() as s:
+        return repo.get_job(s, job.id), True
+
+
+def cancel_job(db, job_id: str) -> Job:
+    now = utcnow()
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        if job.status in repo.TERMINAL:
+            return job
+        job.cancel_requested = True
+        running = False
+        for st in job.steps:
+            if st.status in ("pending", "queued", "waiting_for_hardware"):
+                st.status, st.finished_at = "cancelled", now
+            running = running or st.status == "running"
+        if not running:
+            _finish(job, "cancelled", now, {"message": "cancelled by request"})
+        return job
+
+
+def _finish(job: Job, status: str, now, error: dict[str, Any] | None = None) -> None:
+    job.status, job.finished_at = status, now
+    if error is not None:
+        job.error = error
+    if status != "succeeded":
+        job.active_key = None  # the same request may be made again
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def _append_log(step: JobStep, text: str) -> None:
+    merged = (step.log or "") + text
+    step.log = merged[-LOG_LIMIT:]
+
+
+def _fail_step(s, step: JobStep, error: dict[str, Any], now, status: str = "failed") -> None:
+    step.status, step.error, step.finished_at = status, error, now
+    job = step.job
+    for later in job.steps:
+        if later.index > step.index and later.status == "pending":
+            later.status = "cancelled"
+    job_error = {"step": step.index, "edge": step.edge, **{k: v for k, v in error.items() if k != "log_tail"}}
+    _finish(job, "cancelled" if status == "cancelled" else "failed", now, job_error)
+
+
+def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Dispatcher) -> str:
+    """Run one step if it is still ours to run. Returns what happened (for logs and tests)."""
+    from app.conversion import sandbox
+    from app.conversion.io import Source
+
+    now = utcnow()
+    with db.session() as s:
+        step = repo.get_step(s, step_id)
+        if step is None:
+            return "missing"
+        job = step.job
+        if job.cancel_requested or job.status in repo.TERMINAL:
+            if step.status in ("queued", "waiting_for_hardware", "pending"):
+                step.status, step.finished_at = "cancelled", now
+            return "skipped"
+        if step.status in ("queued", "waiting_for_hardware") and step.attempts >= step.max_attempts:
+            _fail_step(s, step, {"message": f"gave up after {step.attempts} attempts: the worker running this "
+                                 "step died each time (killed, or out of memory?)",
+                                 "hint": "raise MODELPORT_CONVERT_MEMORY_MB or give the worker more memory"}, now)
+            return "attempts exhausted"
+        if not repo.claim_step(s, step_id, worker_id, now):
+            return "not claimed"
+        s.refresh(step)
+        job.status = "running"
+        job.started_at = job.started_at or now
+        edge = registry.by_name(step.edge)
+        attempt = step.attempts
+        if step.index == 0:
+            model = repo.get_model(s, job.model_id)
+            inputs = [(f.path, f.sha256) for f in model.files]
+            fmt, primary, inspection, parent = model.format, model.primary_file, model.inspection, None
+        else:
+            prev = next(x for x in job.steps if x.index == step.index - 1)
+            art = repo.get_artifact(s, prev.output_artifact_id)
+            inputs = [(f.path, f.sha256) for f in art.files]
+            fmt, primary, inspection, parent = art.format, art.primary_file, art.inspection, art.id
+        options, specs, model_id, job_id = dict(step.options), job.input_specs, job.model_id, job.id
+        _append_log(step, f"\n=== attempt {attempt} on {worker_id} at {now.isoformat()} ===\n")
+
+    python = settings.toolchain_python(edge.toolchain)
+    workdir = settings.tmp_dir / f"step-{step_id}-{attempt}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "in").mkdir(parents=True)
+    log_path = workdir / "converter.log"
+    try:
+        if python is None:
+            raise sandbox.SandboxFailure({"message": f"this worker has no interpreter for toolchain '{edge.toolchain}'",
+                                          "hint": "set MODELPORT_TOOLCHAINS on this worker"})
+        for path, sha in inputs:
+            dest = workdir / "in" / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.get_to_path(_blob(sha), dest)
+        src = Source(root=workdir / "in", paths=[p for p, _ in inputs], primary=primary, format=fmt,
+                     inspection=inspection, input_specs=specs)
+        state = {"lost": False}
+
+        def poll() -> bool:
+            with db.session() as s2:
+                ours = repo.heartbeat_step(s2, step_id, worker_id, utcnow())
+                cancelled = bool(repo.get_job(s2, job_id).cancel_requested)
+            state["lost"] = not ours
+            return cancelled or not ours
+
+        result = sandbox.run_edge(edge, src, workdir / "out", options, python=python,
+                                  timeout_s=settings.convert_timeout_s, memory_mb=settings.convert_memory_mb,
+                                  log_path=log_path, poll=poll, poll_every_s=settings.heartbeat_s)
+        artifact = _store_artifact(settings, store, workdir / "out", result)
+    except sandbox.SandboxFailure as f:
+        err = dict(f.error)
+        with db.session() as s:
+            step = repo.get_step(s, step_id)
+            if step is None:
+                return "lost claim"  # the model was deleted meanwhile
+            _append_log(step, _read(log_path))
+            if step.status != "running" or step.worker != worker_id:
+                return "lost claim"  # reaped or cancelled meanwhile; the new owner records the outcome
+            err.setdefault("tool", None)
+            err.setdefault("hint", None)
+            cancelled = bool(err.pop("cancelled", False))
+            _fail_step(s, step, {"edge": edge.name, **err}, utcnow(), status="cancelled" if cancelled else "failed")
+        return "cancelled" if cancelled else "failed"
+    finally:
+        log_text = _read(log_path)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    next_step = None
+    with db.session() as s:
+        step = repo.get_step(s, step_id)
+        if step is None or step.status != "running" or step.worker != worker_id:
+            lost = True
+        else:
+            lost = False
+            job = step.job
+            done = utcnow()
+            art = repo.add_artifact(
+                s, files=artifact["files"], model_id=model_id, job_id=job_id, step_id=step_id, parent_artifact_id=parent,
+                format=artifact["inspection"]["format"], digest=artifact["digest"], primary_file=result["primary"],
+                size_bytes=sum(f["size"] for f in artifact["files"]), file_count=len(artifact["files"]), edge=edge.name,
+                options=options, toolchain={"name": edge.toolchain, **result.get("versions", {})}, host=host_name(),
+                inspection=artifact["inspection"], warnings=[*result.get("warnings", []),
+                                                             *artifact["inspection"].get("warnings", [])])
+            _append_log(step, log_text)
+            step.status, step.finished_at, step.seconds = "succeeded", done, result.get("seconds")
+            step.output_artifact_id = art.id
+            later = [x for x in job.steps if x.index == step.index + 1]
+            if later:
+                next_step = later[0]
+                live = live_queues(s, settings)
+                next_step.status = "queued" if next_step.queue in live else "waiting_for_hardware"
+                job.status = next_step.status
+            else:
+                _finish(job, "succeeded", done)
+    if lost:
+        _forget_blobs(db, store, artifact["files"])
+        return "lost claim"
+    if next_step is not None:
+        dispatcher.enqueue(next_step.id, next_step.queue)
+    return "succeeded"
+
+
+def _forget_blobs(db, store, files: list[dict[str, Any]]) -> None:
+    with db.session() as s:
+        orphans = [f["sha256"] for f in files if not repo.blob_referenced(s, f["sha256"])]
+    for sha in orphans:
+        store.delete(_blob(sha))
+
+
+def _blob(sha: str) -> str:
+    from app.storage import blob_key
+
+    return blob_key(sha)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-LOG_LIMIT:]
+    except OSError:
+        return ""
+
+
+def _store_artifact(settings, store, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Hash, inspect and store what the converter wrote. An artifact modelport cannot read fails the step."""
+    from app.conversion.sandbox import SandboxFailure
+    from app.errors import ModelportError
+    from app.inspection import inspect_files
+    from app.uploads import _manifest_digest, _sha256_file
+
+    files = []
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(out_dir).as_posix()
+            files.append({"path": rel, "sha256": _sha256_file(p), "size": p.stat().st_size, "tmp": p})
+    if not files:
+        raise SandboxFailure({"message": "the converter wrote no files"})
+    try:
+        inspection = inspect_files(out_dir, [f["path"] for f in files], result["primary"], accept_unknown=False,
+                                   in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
+                                   memory_mb=settings.inspect_memory_mb)
+    except ModelportError as e:
+        raise SandboxFailure({"message": f"the converter produced an artifact modelport cannot read: {e.message}",
+                              "hint": "this is a converter bug; see the job log"}) from None
+    for f in files:
+        store.put_file(_blob(f["sha256"]), f["tmp"], move=True)
+    digest = files[0]["sha256"] if len(files) == 1 else _manifest_digest(files)
+    return {"files": files, "inspection": inspection, "digest": digest}
+
+
+# ----------------------------------------------------------------------------- reaping
+
+
+def reap(db, dispatcher: Dispatcher, settings) -> list[str]:
+    """Take back steps whose worker stopped heartbeating: requeue them, or fail them once their
+    attempts are used up. Returns the step ids requeued."""
+    now = utcnow()
+    before = now - dt.timedelta(seconds=settings.step_stale_after_s)
+    requeued: list[tuple[str, str]] = []
+    with db.session() as s:
+        for step in repo.stale_steps(s, before):
+            if step.attempts >= step.max_attempts:
+                _append_log(step, f"\n=== worker {step.worker} stopped responding; attempts used up ===\n")
+                _fail_step(s, step, {"message": f"gave up after {step.attempts} attempts: the worker running this "
+                                     "step stopped responding each time (killed, or out of memory?)",
+                                     "hint": "raise MODELPORT_CONVERT_MEMORY_MB or give the worker more memory",
+                                     "tool": None}, now)
+            elif repo.requeue_stale(s, step, before, now):
+                _append_log(step, f"\n=== worker {step.worker} stopped responding; step requeued ===\n")
+                step.job.status = "queued"
+                requeued.append((step.id, step.queue))
+    for step_id, queue in requeued:
+        dispatcher.enqueue(step_id, queue)
+    return [sid for sid, _ in requeued]
+
+
+def announce(db, worker_id: str, queues: list[str], capabilities: dict[str, Any]) -> None:
+    with db.session() as s:
+        repo.upsert_worker(s, worker_id, host_name(), queues, capabilities, utcnow())
+
+
+def worker_id(kind: str) -> str:
+    return f"{kind}@{host_name()}:{os.getpid()}"

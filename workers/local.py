@@ -1,0 +1,74 @@
+"""The embedded executor: the same step function as the Celery task, run on a thread pool in
+the API process. It announces itself in the catalog like any worker, heartbeats, and reaps
+steps left running by a previous process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from app import jobs
+from workers import capabilities
+
+log = logging.getLogger("modelport.embedded")
+
+
+class EmbeddedExecutor:
+    def __init__(self, settings, db, store):
+        self.settings, self.db, self.store = settings, db, store
+        self.pool = ThreadPoolExecutor(max_workers=settings.embedded_concurrency, thread_name_prefix="modelport-step")
+        self.id = jobs.worker_id("embedded")
+        self.queues = sorted(q for q, why in capabilities.servable_queues(settings).items() if not why)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        jobs.announce(self.db, self.id, self.queues, capabilities.describe(self.settings))
+        self._resume()
+        self._thread = threading.Thread(target=self._beat, name="modelport-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _resume(self) -> None:
+        """Steps queued before a restart have no broker to keep them: pick them up again."""
+        from app.catalog import repo
+
+        with self.db.session() as s:
+            pending = [(st.id, st.queue) for st in repo.waiting_steps(s, self.queues)]
+            from sqlalchemy import select
+
+            from app.catalog.tables import JobStep
+
+            pending += [(st.id, st.queue) for st in s.scalars(
+                select(JobStep).where(JobStep.status == "queued", JobStep.queue.in_(self.queues)))]
+        for step_id, queue in pending:
+            self.enqueue(step_id, queue)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(5.0, self.settings.worker_stale_s / 3)):
+            try:
+                jobs.announce(self.db, self.id, self.queues, capabilities.describe(self.settings))
+                jobs.reap(self.db, self, self.settings)
+            except Exception:  # keep beating through a database blip
+                log.exception("heartbeat failed")
+
+    def enqueue(self, step_id: str, queue: str) -> None:
+        if queue not in self.queues:
+            log.info("step %s waits for a worker on queue %s", step_id, queue)
+            return
+        self.pool.submit(self._run, step_id)
+
+    def _run(self, step_id: str) -> None:
+        try:
+            outcome = jobs.run_step(self.db, self.store, self.settings, step_id, self.id, self)
+            log.info("step %s: %s", step_id, outcome)
+        except Exception:
+            log.exception("step %s crashed the executor", step_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        from app.catalog import repo
+
+        with self.db.session() as s:
+            repo.remove_worker(s, self.id)
