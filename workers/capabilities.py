@@ -14,6 +14,8 @@ from typing import Any
 
 from app.conversion import registry
 
+HARDWARE_NEEDS = {"cpu": "", "intel": "needs OpenVINO on an x86-64 CPU",
+                  "gpu": "needs an NVIDIA GPU (nvidia-smi finds none)", "apple": "needs macOS"}
 MAIN_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "safetensors", "coremltools")
 
 
@@ -70,12 +72,11 @@ def servable_queues(settings) -> dict[str, str]:
     """Every queue an edge can be routed to -> '' if this host can serve it, else why not."""
     hw = hardware()
     chains = toolchains(settings)
-    result: dict[str, str] = {}
+    result: dict[str, str] = {q: "" if q in hw else HARDWARE_NEEDS[q] for q in HARDWARE_NEEDS}
     for edge in registry.edges():
         why = ""
         if edge.hardware not in hw:
-            why = {"intel": "needs OpenVINO on an x86-64 CPU", "gpu": "needs an NVIDIA GPU (nvidia-smi finds none)",
-                   "apple": "needs macOS"}.get(edge.hardware, f"needs {edge.hardware} hardware")
+            why = HARDWARE_NEEDS[edge.hardware]
         elif edge.toolchain not in chains:
             why = f"needs the '{edge.toolchain}' toolchain (MODELPORT_TOOLCHAINS)"
         else:

@@ -12,7 +12,7 @@ _ctx: dict = {}
 
 def context():
     """Catalog, store and dispatcher of this worker process, built once."""
-    if not _ctx:
+    if "db" not in _ctx:
         from app.catalog.db import Database
         from app.config import get_settings
         from app.dispatch import CeleryDispatcher

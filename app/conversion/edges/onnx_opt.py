@@ -1,0 +1,140 @@
+"""ONNX -> ONNX with onnxruntime's tools: graph optimisation, float16, dynamic INT8 quantisation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from app.conversion.edges._common import (
+    ONNX_INLINE_LIMIT,
+    fail,
+    onnx_opsets,
+    onnx_signature,
+    onnx_tensor_bytes,
+    parse_options,
+    prune_opset_imports,
+    save_onnx,
+    versions,
+)
+from app.conversion.io import ConversionError, Result, Source
+
+_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+
+
+def _session(path: Path, level: str = "ORT_DISABLE_ALL", optimized_to: Path | None = None, *, large: bool = False):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    if optimized_to is not None:
+        so.optimized_model_filepath = str(optimized_to)
+        if large:  # a > 2 GiB model cannot be written as one protobuf
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                        optimized_to.name + ".data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _copy_external(src: Source, work: Path) -> None:
+    base = Path(src.primary).parent
+    for rel in src.paths:
+        if rel == src.primary:
+            continue
+        try:
+            inner = Path(rel).relative_to(base)
+        except ValueError:
+            continue
+        link = work / inner
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():  # onnx refuses symlinked and hard-linked data files
+            shutil.copyfile(src.root / rel, link)
+
+
+def transform(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
+    import onnx
+    import onnxruntime as ort
+    from onnx.external_data_helper import uses_external_data
+
+    from app.conversion.compat import check_onnx_file_for
+    from app.conversion.registry import OnnxToOnnxOptions
+
+    opts = parse_options(OnnxToOnnxOptions, options)
+    warns, info = check_onnx_file_for("onnxruntime", src.primary_path)
+    work = out_dir / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    details: dict[str, Any] = {"source_onnx": info, "optimize": opts.optimize, "precision": opts.precision,
+                               "steps": []}
+    extra_versions: dict[str, str] = {}
+    try:
+        current = src.primary_path
+        header = onnx.load(str(current), load_external_data=False)
+        large = onnx_tensor_bytes(header) >= ONNX_INLINE_LIMIT
+        if any(uses_external_data(t) for t in header.graph.initializer):
+            if large:  # onnxruntime's optimised model keeps pointing at the source's data files
+                _copy_external(src, work)
+            else:  # inline: onnxruntime's shape inference cannot read small external tensors (Reshape shapes)
+                current = work / "inline.onnx"
+                onnx.save_model(onnx.load(str(src.primary_path), load_external_data=True), str(current))
+                details["steps"].append("external data read inline")
+        # 1. graph optimisation, by onnxruntime itself on the fp32 graph
+        if opts.optimize != "none":
+            optimized = work / "optimized.onnx"
+            try:
+                _session(current, _LEVELS[opts.optimize], optimized, large=large)
+            except Exception as e:
+                raise fail(e, doing=f"onnxruntime graph optimisation ({opts.optimize})", tool="onnxruntime") from None
+            current = optimized
+            details["steps"].append(f"onnxruntime {_LEVELS[opts.optimize]}")
+            if opts.optimize == "extended":
+                warns.append("extended optimisation fuses nodes into onnxruntime's com.microsoft operators: the "
+                             "model runs on onnxruntime, not on other ONNX runtimes")
+        # 2. precision
+        if opts.precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = onnx.load(str(current), load_external_data=True)
+            try:
+                model = convert_float_to_float16(model, keep_io_types=opts.keep_io_types,
+                                                 disable_shape_infer=large)
+            except Exception as e:
+                raise fail(e, doing="float16 conversion", tool="onnxruntime") from None
+            details["steps"].append(f"onnxruntime.transformers.float16 (keep_io_types={opts.keep_io_types})")
+            current = work / "fp16.onnx"
+            save_onnx(model, current, details={})
+        elif opts.precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantized = work / "int8.onnx"
+            try:
+                quantize_dynamic(str(current), str(quantized), per_channel=opts.per_channel,
+                                 weight_type=QuantType.QInt8, use_external_data_format=large)
+            except Exception as e:
+                raise fail(e, doing="dynamic INT8 quantisation", tool="onnxruntime") from None
+            details["steps"].append(f"onnxruntime.quantization.quantize_dynamic (QInt8, per_channel={opts.per_channel})")
+            current = quantized
+        if not [s for s in details["steps"] if "external" not in s]:
+            warns.append("optimize=none and precision=fp32: the model is only re-saved")
+        # 3. one clean file (or .onnx + .data above 2 GiB), only the opset imports it uses
+        model = onnx.load(str(current), load_external_data=True)
+        dropped = prune_opset_imports(model)
+        if dropped:
+            details["dropped_unused_opset_imports"] = dropped
+        target = out_dir / "model.onnx"
+        save_onnx(model, target, details=details)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # 4. the artifact must load in onnxruntime
+    try:
+        _session(target)
+    except Exception as e:
+        raise ConversionError(f"the transformed model does not load in onnxruntime: {e}"[:1500], tool="onnxruntime",
+                              tool_version=ort.__version__) from None
+    header = onnx.load(str(target), load_external_data=False)
+    details.update(onnx_signature(header))
+    details["opsets"] = onnx_opsets(header)
+    details["ir_version"] = int(header.ir_version)
+    details["ops"] = sorted({(n.domain + "::" if n.domain else "") + n.op_type for n in header.graph.node})
+    extra_versions.update(versions("onnx", "onnxruntime"))
+    return Result(primary=target.name, details=details, warnings=warns, versions=extra_versions)
