@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     # Conversions.
     convert_timeout_s: float = Field(default=1800.0, gt=0)
+    queue_timeouts: dict[str, float] = Field(default_factory=dict, description='per-queue time limits, e.g. '
+                                             '{"gpu": 3600}; others use convert_timeout_s')
     convert_memory_mb: int = Field(default=16384, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
     step_stale_after_s: float = Field(default=60.0, gt=0, description="a running step without heartbeat this long "
@@ -85,6 +87,9 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{self.resolved_data_dir / 'objects'}"
+
+    def timeout_for(self, queue: str) -> float:
+        return float(self.queue_timeouts.get(queue, self.convert_timeout_s))
 
     def toolchain_python(self, name: str) -> str | None:
         """The interpreter that runs edges of toolchain ``name`` on this host, or None."""

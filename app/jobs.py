@@ -228,7 +228,7 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
             return cancelled or not ours
 
         result = sandbox.run_edge(edge, src, workdir / "out", options, python=python,
-                                  timeout_s=settings.convert_timeout_s, memory_mb=settings.convert_memory_mb,
+                                  timeout_s=settings.timeout_for(edge.queue), memory_mb=settings.convert_memory_mb,
                                   log_path=log_path, poll=poll, poll_every_s=settings.heartbeat_s)
         artifact = _store_artifact(settings, store, workdir / "out", result)
     except sandbox.SandboxFailure as f:
@@ -319,9 +319,10 @@ def _store_artifact(settings, store, out_dir: Path, result: dict[str, Any]) -> d
     if not files:
         raise SandboxFailure({"message": "the converter wrote no files"})
     try:
-        inspection = inspect_files(out_dir, [f["path"] for f in files], result["primary"], accept_unknown=False,
-                                   in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
-                                   memory_mb=settings.inspect_memory_mb)
+        inspection = result.get("inspection") or inspect_files(
+            out_dir, [f["path"] for f in files], result["primary"], accept_unknown=False,
+            in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
+            memory_mb=settings.inspect_memory_mb)
     except ModelportError as e:
         raise SandboxFailure({"message": f"the converter produced an artifact modelport cannot read: {e.message}",
                               "hint": "this is a converter bug; see the job log"}) from None

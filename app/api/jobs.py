@@ -55,7 +55,7 @@ async def get_job(job_id: str, db: DatabaseDep,
         job = await anyio.to_thread.run_sync(_job, db, job_id)
         if job.status in repo.TERMINAL or time.monotonic() >= deadline:
             return job_out(job)
-        await anyio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 @router.get("/v1/jobs")

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     try:
         fn = getattr(importlib.import_module(module), func)
         result = fn(src, out_dir, request.get("options") or {})
-        payload = {"ok": True, "result": result.to_dict()}
+        payload = {"ok": True, "result": result.to_dict(), "inspection": _inspect(out_dir, result.primary)}
     except ConversionError as e:
         payload = {"ok": False, "error": e.to_dict()}
         print(f"[modelport] conversion failed: {e.message}", file=sys.stderr, flush=True)
@@ -46,6 +46,20 @@ def main(argv: list[str]) -> int:
     tmp.write_text(json.dumps(payload, default=str))
     tmp.replace(result_path)
     return 0
+
+
+def _inspect(out_dir: Path, primary: str) -> dict | None:
+    """Inspect the artifact here, where the format libraries are already imported; the parent
+    falls back to its own sandboxed inspection when this fails or is not available."""
+    try:
+        from app.formats import detect_and_inspect
+        from app.formats.base import ModelFiles
+
+        paths = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+        return detect_and_inspect(ModelFiles(out_dir, paths, primary))
+    except Exception as e:  # noqa: BLE001 - reported, and the parent inspects again
+        print(f"[modelport] in-process inspection of the artifact failed: {type(e).__name__}: {e}", flush=True)
+        return None
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def run_edge(edge: Edge, src: Source, out_dir: Path, options: dict[str, Any], *,
         else:
             why = f"it exited with code {rc} before writing a result"
         tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
-        oom = "MemoryError" in tail or "std::bad_alloc" in tail or "Cannot allocate memory" in tail
+        oom = _looks_oom(tail)
         raise SandboxFailure({
             "message": f"the converter process crashed: {why}" + (" — it ran out of memory" if oom else ""),
             "hint": f"the memory limit is {memory_mb} MiB (MODELPORT_CONVERT_MEMORY_MB)" if oom else None,
@@ -93,12 +93,26 @@ def run_edge(edge: Edge, src: Source, out_dir: Path, options: dict[str, Any], *,
     payload = json.loads(result_path.read_text())
     result_path.unlink(missing_ok=True)
     if not payload.get("ok"):
-        raise SandboxFailure({**payload["error"], "seconds": seconds})
+        error = {**payload["error"], "seconds": seconds}
+        if _looks_oom(str(error.get("message")) + str(error.get("traceback", ""))):
+            error["out_of_memory"] = True
+            error["hint"] = (f"the converter ran out of its memory limit of {memory_mb} MiB; raise "
+                             "MODELPORT_CONVERT_MEMORY_MB or use a worker with more memory")
+        raise SandboxFailure(error)
     result = payload["result"]
+    result["inspection"] = payload.get("inspection")
     if not (out_dir / result["primary"]).exists():
         raise SandboxFailure({"message": f"the converter reported {result['primary']} but did not write it"})
     result["seconds"] = seconds
     return result
+
+
+OOM_SIGNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "failed to map segment",
+             "out of memory", "mmap failed")
+
+
+def _looks_oom(text: str) -> bool:
+    return any(sign in text for sign in OOM_SIGNS)
 
 
 def _kill(proc: subprocess.Popen) -> None:
