@@ -84,26 +84,88 @@ def check_input_specs(plan: planner.Plan, inspection: dict[str, Any],
     return specs
 
 
+def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, Any] | None,
+                   tolerance: dict[str, Any] | None) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(kind, name, queue, options) for every step: each conversion, then the validation and the
+    benchmark of its artifact, on the queue of the hardware its runtime needs."""
+    from app.pipeline import RUNTIME_HARDWARE
+
+    steps = []
+    for e, o in zip(plan.edges, plan.options, strict=True):
+        steps.append(("convert", e.name, e.queue, o))
+        hw = RUNTIME_HARDWARE.get(e.target, "cpu")
+        if validate:
+            steps.append(("validate", f"validate:{e.target}", hw,
+                          {"profile": registry.tolerance(e, o), "overrides": tolerance,
+                           "weights_key": o.get("weights_key")}))
+        if benchmark is not None:
+            steps.append(("benchmark", f"benchmark:{e.target}", hw, benchmark))
+    return steps
+
+
+def check_benchmark(value: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is False:
+        return None
+    value = {} if value in (None, True) else value
+    if not isinstance(value, dict):
+        raise Unprocessable("benchmark must be true, false or an object", code="invalid_benchmark")
+    allowed = {"batch_sizes", "threads", "max_seconds", "precision"}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise Unprocessable(f"unknown benchmark setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+                            code="invalid_benchmark")
+    sizes = value.get("batch_sizes", [1, 8])
+    if not (isinstance(sizes, list) and sizes and all(isinstance(b, int) and 1 <= b <= 4096 for b in sizes)):
+        raise Unprocessable("benchmark.batch_sizes must be a list of integers from 1 to 4096", code="invalid_benchmark")
+    threads = value.get("threads")
+    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= 1024):
+        raise Unprocessable("benchmark.threads must be an integer from 1 to 1024", code="invalid_benchmark")
+    max_s = value.get("max_seconds", 30)
+    if not (isinstance(max_s, (int, float)) and 0 < max_s <= 3600):
+        raise Unprocessable("benchmark.max_seconds must be in (0, 3600]", code="invalid_benchmark")
+    precision = value.get("precision", "fp32")
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise Unprocessable("benchmark.precision must be fp32, fp16, bf16 or int8", code="invalid_benchmark")
+    return {"batch_sizes": sorted(set(sizes)), "threads": threads, "max_seconds": max_s, "precision": precision}
+
+
+def check_tolerance(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    from app import validation
+
+    try:
+        validation.resolve_tolerance("fp32", value)
+    except (ValueError, TypeError) as e:
+        raise Unprocessable(f"tolerance: {e}", code="invalid_tolerance") from None
+    return value
+
+
 def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
-               options: dict[str, Any] | None, input_specs: dict[str, Any] | None) -> tuple[Job, bool]:
+               options: dict[str, Any] | None, input_specs: dict[str, Any] | None, *, validate: bool = True,
+               benchmark: bool | dict[str, Any] | None = True,
+               tolerance: dict[str, Any] | None = None) -> tuple[Job, bool]:
     if options is not None and not isinstance(options, dict):
         raise Unprocessable("options must be an object", code="invalid_options")
+    bench = check_benchmark(benchmark)
+    tolerance = check_tolerance(tolerance)
     with db.session() as s:
         model = repo.get_model(s, model_id)
         live = live_queues(s, settings)
         plan = planner.plan(model.format, target, options or {}, live)
         specs = check_input_specs(plan, model.inspection, input_specs)
-        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs]).encode()).hexdigest()
+        steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance)
+        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
         existing = repo.job_by_active_key(s, key)
         if existing is not None:
             return existing, False
-        first_status = "queued" if plan.edges[0].queue in live else "waiting_for_hardware"
+        first_status = "queued" if steps[0][2] in live else "waiting_for_hardware"
         job = Job(model_id=model_id, target=target, options=options or {}, input_specs=specs, request_key=key,
-                  active_key=key, status=first_status, plan=[e.name for e in plan.edges])
+                  active_key=key, status=first_status, plan=[name for _, name, _, _ in steps])
         job.steps = [
-            JobStep(index=i, edge=e.name, queue=e.queue, options=o, status=first_status if i == 0 else "pending",
-                    max_attempts=settings.max_attempts, log="")
-            for i, (e, o) in enumerate(zip(plan.edges, plan.options, strict=True))
+            JobStep(index=i, kind=kind, edge=name, queue=queue, options=o,
+                    status=first_status if i == 0 else "pending", max_attempts=settings.max_attempts, log="")
+            for i, (kind, name, queue, o) in enumerate(steps)
         ]
         s.add(job)
         try:
@@ -113,6 +175,36 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
             return repo.job_by_active_key(s, key), False
         first = job.steps[0]
     dispatcher.enqueue(first.id, first.queue)  # after the commit: the row exists before the message
+    with db.session() as s:
+        return repo.get_job(s, job.id), True
+
+
+def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
+                         benchmark: dict[str, Any]) -> tuple[Job, bool]:
+    """Measure an existing artifact again, with other settings: a job of one benchmark step."""
+    from app.pipeline import RUNTIME_HARDWARE
+
+    bench = check_benchmark(benchmark)
+    with db.session() as s:
+        art = repo.get_artifact(s, artifact_id)
+        opts = {**bench, "artifact_id": art.id}
+        key = hashlib.sha256(_canonical(["benchmark", artifact_id, opts]).encode()).hexdigest()
+        existing = repo.job_by_active_key(s, key)
+        if existing is not None and existing.status not in repo.TERMINAL:
+            return existing, False
+        if existing is not None:  # a finished measurement: measuring again is the point
+            existing.active_key = None
+            s.flush()
+        queue = RUNTIME_HARDWARE.get(art.format, "cpu")
+        status = "queued" if queue in live_queues(s, settings) else "waiting_for_hardware"
+        job = Job(model_id=art.model_id, target=art.format, options={}, input_specs=None, request_key=key,
+                  active_key=key, status=status, plan=[f"benchmark:{art.format}"])
+        job.steps = [JobStep(index=0, kind="benchmark", edge=f"benchmark:{art.format}", queue=queue, options=opts,
+                             status=status, max_attempts=settings.max_attempts, log="")]
+        s.add(job)
+        s.flush()
+        first = job.steps[0]
+    dispatcher.enqueue(first.id, first.queue)
     with db.session() as s:
         return repo.get_job(s, job.id), True
 
@@ -164,6 +256,46 @@ def _fail_step(s, step: JobStep, error: dict[str, Any], now, status: str = "fail
     _finish(job, "cancelled" if status == "cancelled" else "failed", now, job_error)
 
 
+def _files_of(obj) -> dict[str, Any]:
+    return {"files": [(f.path, f.sha256) for f in obj.files], "format": obj.format, "primary": obj.primary_file,
+            "inspection": obj.inspection}
+
+
+def _gather(s, job: Job, step: JobStep) -> dict[str, Any]:
+    """What a step works on: its input files (and, for validation, the reference's)."""
+    from app.runners import RUNNER_MODULES, WEIGHTS_ONLY
+
+    model = repo.get_model(s, job.model_id)
+    converts = [x for x in job.steps if x.kind == "convert" and x.index < step.index]
+    if step.kind == "convert":
+        src = repo.get_artifact(s, converts[-1].output_artifact_id) if converts else model
+        return {"input": _files_of(src), "parent": None if src is model else src.id}
+    if not converts:  # a benchmark of an existing artifact
+        art = repo.get_artifact(s, step.options["artifact_id"])
+        return {"input": _files_of(art), "artifact_id": art.id, "parent": art.id}
+    # validate / benchmark work on the artifact of the convert step before them
+    made = converts[-1]
+    art = repo.get_artifact(s, made.output_artifact_id)
+    out = {"input": _files_of(art), "artifact_id": art.id, "parent": art.id}
+    if step.kind == "validate":
+        runnable = model.format in RUNNER_MODULES or model.format in WEIGHTS_ONLY
+        earlier = [x for x in converts if x.index < made.index]
+        if runnable or not earlier:  # prove against the uploaded model itself when it can run here
+            out["reference"], out["reference_id"] = _files_of(model), f"model:{model.id}"
+        else:
+            ref = repo.get_artifact(s, earlier[-1].output_artifact_id)
+            out["reference"], out["reference_id"] = _files_of(ref), f"artifact:{ref.id}"
+        out["samples"] = model.samples_sha256
+    return out
+
+
+def _fetch(store, files: list[tuple[str, str]], root: Path) -> None:
+    for path, sha in files:
+        dest = root / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        store.get_to_path(_blob(sha), dest)
+
+
 def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Dispatcher) -> str:
     """Run one step if it is still ours to run. Returns what happened (for logs and tests)."""
     from app.conversion import sandbox
@@ -189,48 +321,50 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
         s.refresh(step)
         job.status = "running"
         job.started_at = job.started_at or now
-        edge = registry.by_name(step.edge)
-        attempt = step.attempts
-        if step.index == 0:
-            model = repo.get_model(s, job.model_id)
-            inputs = [(f.path, f.sha256) for f in model.files]
-            fmt, primary, inspection, parent = model.format, model.primary_file, model.inspection, None
-        else:
-            prev = next(x for x in job.steps if x.index == step.index - 1)
-            art = repo.get_artifact(s, prev.output_artifact_id)
-            inputs = [(f.path, f.sha256) for f in art.files]
-            fmt, primary, inspection, parent = art.format, art.primary_file, art.inspection, art.id
-        options, specs, model_id, job_id = dict(step.options), job.input_specs, job.model_id, job.id
+        kind, attempt, options = step.kind, step.attempts, dict(step.options)
+        edge = registry.by_name(step.edge) if kind == "convert" else None
+        work = _gather(s, job, step)
+        specs, job_id = job.input_specs, job.id
         _append_log(step, f"\n=== attempt {attempt} on {worker_id} at {now.isoformat()} ===\n")
 
-    python = settings.toolchain_python(edge.toolchain)
+    toolchain = edge.toolchain if edge else "main"
+    python = settings.toolchain_python(toolchain)
     workdir = settings.tmp_dir / f"step-{step_id}-{attempt}"
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "in").mkdir(parents=True)
-    log_path = workdir / "converter.log"
+    log_path = workdir / "step.log"
     try:
         if python is None:
-            raise sandbox.SandboxFailure({"message": f"this worker has no interpreter for toolchain '{edge.toolchain}'",
+            raise sandbox.SandboxFailure({"message": f"this worker has no interpreter for toolchain '{toolchain}'",
                                           "hint": "set MODELPORT_TOOLCHAINS on this worker"})
-        for path, sha in inputs:
-            dest = workdir / "in" / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            store.get_to_path(_blob(sha), dest)
-        src = Source(root=workdir / "in", paths=[p for p, _ in inputs], primary=primary, format=fmt,
-                     inspection=inspection, input_specs=specs)
-        state = {"lost": False}
+        inp = work["input"]
+        _fetch(store, inp["files"], workdir / "in")
+        src = Source(root=workdir / "in", paths=[p for p, _ in inp["files"]], primary=inp["primary"],
+                     format=inp["format"], inspection=inp["inspection"], input_specs=specs)
+        if kind == "validate":
+            ref = work["reference"]
+            _fetch(store, ref["files"], workdir / "ref")
+            options["reference"] = {"root": str(workdir / "ref"), "paths": [p for p, _ in ref["files"]],
+                                    "primary": ref["primary"], "format": ref["format"]}
+            if work.get("samples"):
+                store.get_to_path(_blob(work["samples"]), workdir / "samples.npz")
+                options["samples"] = str(workdir / "samples.npz")
 
         def poll() -> bool:
             with db.session() as s2:
                 ours = repo.heartbeat_step(s2, step_id, worker_id, utcnow())
                 cancelled = bool(repo.get_job(s2, job_id).cancel_requested)
-            state["lost"] = not ours
             return cancelled or not ours
 
-        result = sandbox.run_edge(edge, src, workdir / "out", options, python=python,
-                                  timeout_s=settings.timeout_for(edge.queue), memory_mb=settings.convert_memory_mb,
-                                  log_path=log_path, poll=poll, poll_every_s=settings.heartbeat_s)
-        artifact = _store_artifact(settings, store, workdir / "out", result)
+        limits = {"python": python, "timeout_s": settings.timeout_for(edge.queue if edge else "cpu"),
+                  "memory_mb": settings.convert_memory_mb, "log_path": log_path, "poll": poll,
+                  "poll_every_s": settings.heartbeat_s}
+        if kind == "convert":
+            result = sandbox.run_edge(edge, src, workdir / "out", options, **limits)
+            artifact = _store_artifact(settings, store, workdir / "out", result)
+        else:
+            impl = "app.pipeline:validate_step" if kind == "validate" else "app.pipeline:benchmark_step"
+            result = sandbox.run_in_sandbox(impl, step.edge, kind, src, workdir / "out", options, **limits)
     except sandbox.SandboxFailure as f:
         err = dict(f.error)
         with db.session() as s:
@@ -243,7 +377,17 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
             err.setdefault("tool", None)
             err.setdefault("hint", None)
             cancelled = bool(err.pop("cancelled", False))
-            _fail_step(s, step, {"edge": edge.name, **err}, utcnow(), status="cancelled" if cancelled else "failed")
+            if kind != "convert" and not cancelled:
+                # a validation or benchmark that could not run is recorded as such; the job goes on
+                _record_check(s, store, kind, step, work, {"status": "failed", "reason": err.get("message"),
+                                                           "error": err})
+                next_step = _advance(s, settings, step, utcnow())
+            else:
+                _fail_step(s, step, {"edge": step.edge, **err}, utcnow(),
+                           status="cancelled" if cancelled else "failed")
+                next_step = None
+        if next_step is not None:
+            dispatcher.enqueue(next_step.id, next_step.queue)
         return "cancelled" if cancelled else "failed"
     finally:
         log_text = _read(log_path)
@@ -252,36 +396,74 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
     next_step = None
     with db.session() as s:
         step = repo.get_step(s, step_id)
-        if step is None or step.status != "running" or step.worker != worker_id:
-            lost = True
-        else:
-            lost = False
-            job = step.job
-            done = utcnow()
-            art = repo.add_artifact(
-                s, files=artifact["files"], model_id=model_id, job_id=job_id, step_id=step_id, parent_artifact_id=parent,
-                format=artifact["inspection"]["format"], digest=artifact["digest"], primary_file=result["primary"],
-                size_bytes=sum(f["size"] for f in artifact["files"]), file_count=len(artifact["files"]), edge=edge.name,
-                options=options, toolchain={"name": edge.toolchain, **result.get("versions", {})}, host=host_name(),
-                inspection=artifact["inspection"], warnings=[*result.get("warnings", []),
-                                                             *artifact["inspection"].get("warnings", [])])
+        lost = step is None or step.status != "running" or step.worker != worker_id
+        if not lost:
             _append_log(step, log_text)
-            step.status, step.finished_at, step.seconds = "succeeded", done, result.get("seconds")
-            step.output_artifact_id = art.id
-            later = [x for x in job.steps if x.index == step.index + 1]
-            if later:
-                next_step = later[0]
-                live = live_queues(s, settings)
-                next_step.status = "queued" if next_step.queue in live else "waiting_for_hardware"
-                job.status = next_step.status
+            if kind == "convert":
+                art = repo.add_artifact(
+                    s, files=artifact["files"], model_id=step.job.model_id, job_id=job_id, step_id=step_id,
+                    parent_artifact_id=work["parent"], format=artifact["inspection"]["format"],
+                    digest=artifact["digest"], primary_file=result["primary"],
+                    size_bytes=sum(f["size"] for f in artifact["files"]), file_count=len(artifact["files"]),
+                    edge=edge.name, options=options, toolchain={"name": edge.toolchain, **result.get("versions", {})},
+                    host=host_name(), inspection=artifact["inspection"],
+                    warnings=[*result.get("warnings", []), *artifact["inspection"].get("warnings", [])])
+                step.output_artifact_id = art.id
             else:
-                _finish(job, "succeeded", done)
+                _record_check(s, store, kind, step, work, result["details"])
+            step.seconds = result.get("seconds")
+            next_step = _advance(s, settings, step, utcnow())
     if lost:
-        _forget_blobs(db, store, artifact["files"])
+        if kind == "convert":
+            _forget_blobs(db, store, artifact["files"])
         return "lost claim"
     if next_step is not None:
         dispatcher.enqueue(next_step.id, next_step.queue)
     return "succeeded"
+
+
+def _advance(s, settings, step: JobStep, now) -> JobStep | None:
+    """Mark the step done and queue the next one (or finish the job)."""
+    job = step.job
+    step.status, step.finished_at = "succeeded", now
+    later = [x for x in job.steps if x.index == step.index + 1]
+    if not later:
+        _finish(job, "succeeded", now)
+        return None
+    nxt = later[0]
+    nxt.status = "queued" if nxt.queue in live_queues(s, settings) else "waiting_for_hardware"
+    job.status = nxt.status
+    return nxt
+
+
+def _record_check(s, store, kind: str, step: JobStep, work: dict[str, Any], report: dict[str, Any]) -> None:
+    from app.catalog.tables import Benchmark, Validation
+
+    art_id = work["artifact_id"]
+    if kind == "validate":
+        worst = report.get("worst") or {}
+        s.add(Validation(artifact_id=art_id, job_id=step.job_id, step_id=step.id,
+                         reference=work.get("reference_id", "unknown"), status=report.get("status", "failed"),
+                         reason=report.get("reason"), profile=report.get("profile") or step.options.get("profile", ""),
+                         max_abs_err=worst.get("max_abs_err"), worst_output=worst.get("output"), report=report))
+        return
+    b1 = (report.get("batches") or {}).get("1") or {}
+    bench = Benchmark(artifact_id=art_id, job_id=step.job_id, step_id=step.id, status=report.get("status", "failed"),
+                      reason=report.get("reason"), settings=dict(step.options),
+                      load_ms=report.get("load_ms"), p50_ms=b1.get("p50_ms"), p99_ms=b1.get("p99_ms"),
+                      throughput=b1.get("throughput"), host=report.get("host") or {}, results=report)
+    s.add(bench)
+    s.flush()
+    key = f"benchmarks/{art_id}/{bench.id}.json"
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(report, f, default=str)
+    try:
+        store.put_file(key, Path(f.name), move=True)
+        bench.object_key = key
+    finally:
+        Path(f.name).unlink(missing_ok=True)
 
 
 def _forget_blobs(db, store, files: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import jobs
 from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
-from app.api.schemas import artifact_out, job_out
+from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
 from app.catalog import repo
 from app.errors import NotFound
 from app.storage import blob_key
@@ -28,14 +28,23 @@ class ConversionRequest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     input_specs: dict[str, Any] | None = Field(
         default=None, description='{"x": {"shape": [1, 3, 224, 224], "dtype": "float32", "dynamic": {"0": "batch"}}}')
+    validate_: bool = Field(default=True, alias="validate",
+                            description="prove each artifact against the model (a step after each conversion)")
+    benchmark: bool | dict[str, Any] = Field(
+        default=True, description='measure each artifact on its hardware; true, false or '
+        '{"batch_sizes": [1, 8], "threads": 2, "max_seconds": 30, "precision": "fp32"}')
+    tolerance: dict[str, Any] | None = Field(
+        default=None, description='overrides of the validation profile: {"atol": .., "rtol": .., '
+        '"outputs": {"name": {...}}}')
 
 
 @router.post("/v1/models/{model_id}/conversions", status_code=202,
              responses={200: {"description": "the same request was made before: its job"}})
 async def convert(model: ModelDep, body: ConversionRequest, request: Request, db: DatabaseDep, settings: SettingsDep):
     job, created = await anyio.to_thread.run_sync(
-        jobs.create_job, db, request.app.state.dispatcher, settings, model.id, body.target, body.options,
-        body.input_specs)
+        lambda: jobs.create_job(db, request.app.state.dispatcher, settings, model.id, body.target, body.options,
+                                body.input_specs, validate=body.validate_, benchmark=body.benchmark,
+                                tolerance=body.tolerance))
     return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
@@ -94,10 +103,49 @@ def _presigned(store, art) -> str | None:
     return store.presigned_url(blob_key(art.files[0].sha256), filename=art.primary_file.rsplit("/", 1)[-1])
 
 
+def _checks(db, artifact_ids: list[str]) -> dict[str, dict[str, Any]]:
+    with db.session() as s:
+        return {a: {"validation": repo.latest_validation(s, a), "benchmark": repo.latest_benchmark(s, a)}
+                for a in artifact_ids}
+
+
 @router.get("/v1/artifacts/{artifact_id}")
 def get_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep):
     art = _artifact(db, artifact_id)
-    return artifact_out(art, _presigned(store, art))
+    return artifact_out(art, _presigned(store, art), **_checks(db, [art.id])[art.id])
+
+
+@router.get("/v1/artifacts/{artifact_id}/validations")
+def list_validations(artifact_id: str, db: DatabaseDep):
+    _artifact(db, artifact_id)
+    with db.session() as s:
+        return {"items": [validation_out(v) for v in repo.validations_of(s, artifact_id)]}
+
+
+class BenchmarkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_sizes: list[int] = Field(default=[1, 8])
+    threads: int | None = None
+    max_seconds: float = 30
+    precision: str = "fp32"
+
+
+@router.post("/v1/artifacts/{artifact_id}/benchmarks", status_code=202)
+async def run_benchmark(artifact_id: str, body: BenchmarkRequest, request: Request, db: DatabaseDep,
+                        settings: SettingsDep):
+    _artifact(db, artifact_id)
+    job, created = await anyio.to_thread.run_sync(
+        lambda: jobs.create_benchmark_job(db, request.app.state.dispatcher, settings, artifact_id,
+                                          body.model_dump()))
+    return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("/v1/artifacts/{artifact_id}/benchmarks")
+def list_benchmarks(artifact_id: str, db: DatabaseDep):
+    _artifact(db, artifact_id)
+    with db.session() as s:
+        return {"items": [benchmark_out(b) for b in repo.benchmarks_of(s, artifact_id)]}
 
 
 @router.get("/v1/artifacts/{artifact_id}/download")
@@ -116,4 +164,103 @@ def download_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep):
 @router.get("/v1/models/{model_id}/artifacts")
 def model_artifacts(model: ModelDep, db: DatabaseDep, store: StoreDep):
     with db.session() as s:
-        return {"items": [artifact_out(a, _presigned(store, a)) for a in repo.list_artifacts(s, model.id)]}
+        arts = repo.list_artifacts(s, model.id)
+    checks = _checks(db, [a.id for a in arts])
+    return {"items": [artifact_out(a, _presigned(store, a), **checks[a.id]) for a in arts]}
+
+
+@router.get("/v1/models/{model_id}/report", responses={200: {"content": {"text/markdown": {}}}})
+def model_report(model: ModelDep, db: DatabaseDep, format: Annotated[str, Query(pattern="^(json|md)$")] = "json"):
+    """One row per artifact (size, load, latency, throughput, validation) and a recommendation per
+    priority of the seed's "By Priority" table, each naming the measured numbers behind it."""
+    from app import report
+
+    with db.session() as s:
+        body = report.build(s, repo.get_model(s, model.id))
+    if format == "md":
+        return PlainTextResponse(report.markdown(body), media_type="text/markdown")
+    return body
+
+
+class ReportAllRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_specs: dict[str, Any] | None = None
+    benchmark: bool | dict[str, Any] = True
+    tolerance: dict[str, Any] | None = None
+
+
+@router.post("/v1/models/{model_id}/report-all", status_code=202)
+async def report_all(model: ModelDep, request: Request, db: DatabaseDep, settings: SettingsDep,
+                     body: ReportAllRequest | None = None):
+    """Convert to every reachable target (and the precision variants), validate and benchmark
+    each: one upload -> every format, proven and measured. Poll the jobs, then GET the report."""
+    from app import report
+
+    body = body or ReportAllRequest()
+    created = []
+    for target, options in report.reachable_targets(model.format):
+        job, _ = await anyio.to_thread.run_sync(
+            lambda t=target, o=options: jobs.create_job(
+                db, request.app.state.dispatcher, settings, model.id, t, o, body.input_specs,
+                benchmark=body.benchmark, tolerance=body.tolerance))
+        created.append(job_out(job))
+    return JSONResponse({"model_id": model.id, "jobs": created,
+                         "report": f"/v1/models/{model.id}/report"}, status_code=202)
+
+
+@router.put("/v1/models/{model_id}/samples", status_code=200)
+async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, store: StoreDep,
+                         settings: SettingsDep):
+    """Sample inputs for validation: an .npz (no pickles) with one array per model input.
+    Reused by every later validation of this model's artifacts."""
+    import hashlib
+    import tempfile
+
+    from app.errors import BadRequest, PayloadTooLarge
+
+    limit = 1024**3
+    h = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=settings.tmp_dir, delete=False, suffix=".npz") as f:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge("sample inputs are larger than 1 GiB")
+            h.update(chunk)
+            f.write(chunk)
+    path = __import__("pathlib").Path(f.name)
+    try:
+        names = await anyio.to_thread.run_sync(_check_npz, path, model.inspection)
+        sha = h.hexdigest()
+        await anyio.to_thread.run_sync(lambda: store.put_file(blob_key(sha), path, move=True))
+    except BadRequest:
+        raise
+    finally:
+        path.unlink(missing_ok=True)
+    with db.session() as s:
+        repo.get_model(s, model.id).samples_sha256 = sha
+    return {"model_id": model.id, "samples_sha256": sha, "inputs": names}
+
+
+def _check_npz(path, inspection: dict[str, Any]) -> dict[str, Any]:
+    import zipfile
+
+    import numpy as np
+
+    from app.errors import BadRequest
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: (str(z[k].dtype), list(z[k].shape)) for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise BadRequest(f"sample inputs must be an .npz of plain arrays (no pickles): {e}",
+                         code="bad_samples") from None
+    if not arrays:
+        raise BadRequest("the .npz holds no arrays", code="bad_samples")
+    wanted = [i["name"] for i in (inspection.get("inputs") or [])]
+    missing = [n for n in wanted if n not in arrays]
+    if wanted and missing:
+        raise BadRequest(f"the .npz lacks arrays for inputs {', '.join(missing)}; it has {', '.join(arrays)}",
+                         code="bad_samples", detail={"missing": missing})
+    return arrays

@@ -102,7 +102,8 @@ def delete_model(model_id: str, db: DatabaseDep, store: StoreDep):
         model = repo.get_model(s, model_id)
         if model is None:
             raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
+        reports = repo.benchmark_keys(s, [a.id for a in repo.list_artifacts(s, model.id)])
         orphans = repo.delete_model(s, model)
-    for sha in orphans:
-        store.delete(blob_key(sha))
+    for key in [*(blob_key(sha) for sha in orphans), *reports]:
+        store.delete(key)
     return None

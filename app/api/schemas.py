@@ -30,7 +30,7 @@ def model_out(m: Model) -> dict[str, Any]:
 
 def step_out(st) -> dict[str, Any]:
     return {
-        "id": st.id, "index": st.index, "edge": st.edge, "queue": st.queue, "options": st.options,
+        "id": st.id, "index": st.index, "kind": st.kind, "edge": st.edge, "queue": st.queue, "options": st.options,
         "status": st.status, "attempts": st.attempts, "max_attempts": st.max_attempts, "worker": st.worker,
         "started_at": _iso(st.started_at), "finished_at": _iso(st.finished_at), "seconds": st.seconds,
         "output_artifact_id": st.output_artifact_id, "error": st.error,
@@ -44,14 +44,31 @@ def job_out(j) -> dict[str, Any]:
         "status": j.status, "plan": j.plan, "current_step": current.index if current else None,
         "steps": [step_out(st) for st in j.steps],
         "artifact_ids": [st.output_artifact_id for st in j.steps if st.output_artifact_id],
-        "artifact_id": j.steps[-1].output_artifact_id if j.status == "succeeded" else None,
+        "artifact_id": next((st.output_artifact_id for st in reversed(j.steps) if st.output_artifact_id), None)
+        if j.status == "succeeded" else None,
         "error": j.error, "cancel_requested": j.cancel_requested,
         "created_at": _iso(j.created_at), "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at),
         "links": {"self": f"/v1/jobs/{j.id}", "logs": f"/v1/jobs/{j.id}/logs"},
     }
 
 
-def artifact_out(a, download_url: str | None = None) -> dict[str, Any]:
+def validation_out(v) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    return {"id": v.id, "status": v.status, "reason": v.reason, "profile": v.profile, "reference": v.reference,
+            "max_abs_err": v.max_abs_err, "worst_output": v.worst_output, "report": v.report,
+            "created_at": _iso(v.created_at)}
+
+
+def benchmark_out(b) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {"id": b.id, "status": b.status, "reason": b.reason, "settings": b.settings, "load_ms": b.load_ms,
+            "p50_ms": b.p50_ms, "p99_ms": b.p99_ms, "throughput": b.throughput, "host": b.host,
+            "results": b.results, "object_key": b.object_key, "created_at": _iso(b.created_at)}
+
+
+def artifact_out(a, download_url: str | None = None, validation=None, benchmark=None) -> dict[str, Any]:
     return {
         "id": a.id, "model_id": a.model_id, "format": a.format, "digest": a.digest, "primary_file": a.primary_file,
         "size_bytes": a.size_bytes, "file_count": a.file_count,
@@ -61,6 +78,8 @@ def artifact_out(a, download_url: str | None = None) -> dict[str, Any]:
                     "host": a.host},
         "inspection": a.inspection, "warnings": a.warnings, "created_at": _iso(a.created_at),
         "download_url": download_url,
+        "validation": validation_out(validation), "benchmark": benchmark_out(benchmark),
+        "deployable": validation is not None and validation.status == "passed",
         "links": {"self": f"/v1/artifacts/{a.id}", "download": f"/v1/artifacts/{a.id}/download"},
     }
 

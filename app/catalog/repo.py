@@ -7,7 +7,17 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.catalog.tables import Artifact, ArtifactFile, Job, JobStep, Model, ModelFile, Worker
+from app.catalog.tables import (
+    Artifact,
+    ArtifactFile,
+    Benchmark,
+    Job,
+    JobStep,
+    Model,
+    ModelFile,
+    Validation,
+    Worker,
+)
 
 
 def get_model(s: Session, model_id: str) -> Model | None:
@@ -160,3 +170,32 @@ def remove_worker(s: Session, worker_id: str) -> None:
 
 def live_workers(s: Session, since) -> list[Worker]:
     return list(s.scalars(select(Worker).where(Worker.heartbeat_at >= since)))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def validations_of(s: Session, artifact_id: str) -> list[Validation]:
+    return list(s.scalars(select(Validation).where(Validation.artifact_id == artifact_id)
+                          .order_by(Validation.created_at.desc())))
+
+
+def benchmarks_of(s: Session, artifact_id: str) -> list[Benchmark]:
+    return list(s.scalars(select(Benchmark).where(Benchmark.artifact_id == artifact_id)
+                          .order_by(Benchmark.created_at.desc())))
+
+
+def latest_validation(s: Session, artifact_id: str) -> Validation | None:
+    rows = validations_of(s, artifact_id)
+    return rows[0] if rows else None
+
+
+def latest_benchmark(s: Session, artifact_id: str) -> Benchmark | None:
+    rows = benchmarks_of(s, artifact_id)
+    return rows[0] if rows else None
+
+
+def benchmark_keys(s: Session, artifact_ids: list[str]) -> list[str]:
+    if not artifact_ids:
+        return []
+    return [k for k in s.scalars(select(Benchmark.object_key).where(Benchmark.artifact_id.in_(artifact_ids))) if k]

@@ -70,6 +70,7 @@ class Model(TimestampMixin, Base):
     user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict, nullable=False)
     inspection: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
     warnings: Mapped[list[str]] = mapped_column(JSONType, default=list, nullable=False)
+    samples_sha256: Mapped[str | None] = mapped_column(String(64))  # user sample inputs (.npz) for validation
 
     files: Mapped[list[ModelFile]] = relationship(
         back_populates="model", cascade="all, delete-orphan", order_by="ModelFile.path", lazy="selectin"
@@ -125,6 +126,7 @@ class JobStep(TimestampMixin, Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False)
     index: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), default="convert", nullable=False)  # convert|validate|benchmark
     edge: Mapped[str] = mapped_column(String(96), nullable=False)
     queue: Mapped[str] = mapped_column(String(32), nullable=False)
     options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
@@ -197,3 +199,46 @@ class Worker(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True,
                                                       nullable=False)
+
+
+class Validation(Base):
+    """An artifact's outputs compared with its reference's on the same inputs: the verdict."""
+
+    __tablename__ = "validations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True,
+                                             nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    step_id: Mapped[str | None] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(64), nullable=False)  # "model:<id>" or "artifact:<id>"
+    status: Mapped[str] = mapped_column(String(16), index=True, nullable=False)  # passed|failed|skipped
+    reason: Mapped[str | None] = mapped_column(Text)
+    profile: Mapped[str] = mapped_column(String(16), nullable=False)
+    max_abs_err: Mapped[float | None] = mapped_column(Float)
+    worst_output: Mapped[str | None] = mapped_column(String(255))
+    report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class Benchmark(Base):
+    """One measurement of an artifact on one host, with that host's fingerprint."""
+
+    __tablename__ = "benchmarks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True,
+                                             nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    step_id: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # ok|failed|skipped
+    reason: Mapped[str | None] = mapped_column(Text)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    load_ms: Mapped[float | None] = mapped_column(Float)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p99_ms: Mapped[float | None] = mapped_column(Float)
+    throughput: Mapped[float | None] = mapped_column(Float)  # samples/s at batch 1
+    host: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    results: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    object_key: Mapped[str | None] = mapped_column(String(255))  # the same results as JSON in the object store
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
     try:
         fn = getattr(importlib.import_module(module), func)
         result = fn(src, out_dir, request.get("options") or {})
-        payload = {"ok": True, "result": result.to_dict(), "inspection": _inspect(out_dir, result.primary)}
+        payload = {"ok": True, "result": result.to_dict(),
+                   "inspection": _inspect(out_dir, result.primary) if request.get("kind", "convert") == "convert"
+                   else None}
     except ConversionError as e:
         payload = {"ok": False, "error": e.to_dict()}
         print(f"[modelport] conversion failed: {e.message}", file=sys.stderr, flush=True)

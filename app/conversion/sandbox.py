@@ -28,17 +28,22 @@ class SandboxFailure(Exception):
         self.error = error
 
 
-def run_edge(edge: Edge, src: Source, out_dir: Path, options: dict[str, Any], *, python: str, timeout_s: float,
-             memory_mb: int, log_path: Path, poll: Callable[[], bool] | None = None,
-             poll_every_s: float = 2.0) -> dict[str, Any]:
+def run_edge(edge: Edge, src: Source, out_dir: Path, options: dict[str, Any], **kw) -> dict[str, Any]:
     """Convert; return the edge's result dict (``primary``, ``details``, ``warnings``, ``versions``,
-    ``seconds``). Raises :class:`SandboxFailure` with a structured error. ``poll`` is called every
-    ``poll_every_s`` while the child runs (heartbeat); returning True cancels the conversion."""
+    ``inspection``, ``seconds``). Raises :class:`SandboxFailure` with a structured error."""
+    return run_in_sandbox(edge.implementation, edge.name, "convert", src, out_dir, options, **kw)
+
+
+def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_dir: Path, options: dict[str, Any],
+                   *, python: str, timeout_s: float, memory_mb: int, log_path: Path,
+                   poll: Callable[[], bool] | None = None, poll_every_s: float = 2.0) -> dict[str, Any]:
+    """Run ``implementation`` ("module:function") on ``src`` in a child process. ``poll`` is called
+    every ``poll_every_s`` while the child runs (heartbeat); returning True cancels it."""
     work = out_dir.parent
     request_path = work / f"request-{os.getpid()}-{time.monotonic_ns()}.json"
     result_path = request_path.with_name(request_path.stem.replace("request", "result") + ".json")
     request_path.write_text(json.dumps({
-        "edge": edge.name, "implementation": edge.implementation, "out_dir": str(out_dir),
+        "edge": label, "kind": kind, "implementation": implementation, "out_dir": str(out_dir),
         "options": options, "source": {**asdict(src), "root": str(src.root)},
     }, default=str))
     limit = memory_mb * 1024 * 1024

@@ -136,7 +136,7 @@ def test_sigkilled_worker_step_is_retried_and_succeeds(deployment, tmp_path):
     w1 = start_worker("w1")
     wait_for(lambda: client.get("/v1/formats/plan", params={"source": "torch_export", "target": "onnx"})
              .json()["steps"][0]["worker_available"], 60, "the worker to announce itself", logs)
-    job = client.post(f"/v1/models/{m['id']}/conversions", json={"target": "onnx"}).json()
+    job = client.post(f"/v1/models/{m['id']}/conversions", json={"target": "onnx", "benchmark": False}).json()
     killed = _kill_when_running(client, job["id"], w1, logs)
     assert killed["steps"][0]["status"] == "running"  # the row still says running: the worker died
     start_worker("w2")
@@ -154,7 +154,8 @@ def test_attempt_cap_fails_a_step_that_keeps_killing_workers(deployment, tmp_pat
     wait_for(lambda: client.get("/v1/formats/plan", params={"source": "torch_export", "target": "onnx"})
              .json()["steps"][0]["worker_available"], 60, "the worker to announce itself", logs)
     client.app.state.settings.max_attempts = 1  # the API writes max_attempts into the step row
-    job = client.post(f"/v1/models/{m['id']}/conversions", json={"target": "onnx", "options": {"opset": 17}}).json()
+    job = client.post(f"/v1/models/{m['id']}/conversions", json={"target": "onnx", "options": {"opset": 17},
+                                                                     "benchmark": False}).json()
     assert job["steps"][0]["max_attempts"] == 1
     _kill_when_running(client, job["id"], w1, logs)
     start_worker("w2")

@@ -41,7 +41,9 @@ def test_state_dict_to_safetensors_end_to_end(client, files):
 
     m = upload(client, files["ckpt"])
     status, job = convert(client, m["id"], "safetensors")
-    assert status == 202 and job["plan"] == ["pytorch->safetensors"]
+    assert status == 202
+    assert job["plan"] == ["pytorch->safetensors", "validate:safetensors", "benchmark:safetensors"]
+    assert [st["kind"] for st in job["steps"]] == ["convert", "validate", "benchmark"]
     assert job["status"] in ("queued", "running", "succeeded")
     again_status, again = convert(client, m["id"], "safetensors", options={})
     assert again_status == 200 and again["id"] == job["id"]  # the same request makes one job
@@ -77,8 +79,9 @@ def test_two_step_route_keeps_lineage(embedded_client, files):
     import torch
 
     m = upload(embedded_client, files["pt2"])
-    status, job = convert(embedded_client, m["id"], "onnx", options={"precision": "fp16"})
-    assert status == 202 and job["plan"] == ["torch_export->onnx", "onnx->onnx:transform"]
+    status, job = convert(embedded_client, m["id"], "onnx", options={"precision": "fp16"}, benchmark=False)
+    assert status == 202
+    assert job["plan"] == ["torch_export->onnx", "validate:onnx", "onnx->onnx:transform", "validate:onnx"]
     job = wait(embedded_client, job["id"])
     assert job["status"] == "succeeded", job
     first, last = job["artifact_ids"]
@@ -116,7 +119,7 @@ def test_bad_requests_are_clear_4xx(embedded_client, files):
 def test_converter_failure_is_a_structured_failed_job(embedded_client, files):
     m = upload(embedded_client, files["ts"])
     # the model takes [N, 8]; shapes of the wrong width make the exporter fail inside the sandbox
-    status, job = convert(embedded_client, m["id"], "onnx", input_specs={"x": {"shape": [2, 5]}})
+    status, job = convert(embedded_client, m["id"], "onnx", input_specs={"x": {"shape": [2, 5]}}, benchmark=False)
     assert status == 202
     job = wait(embedded_client, job["id"])
     assert job["status"] == "failed"
@@ -125,7 +128,7 @@ def test_converter_failure_is_a_structured_failed_job(embedded_client, files):
     assert job["steps"][0]["status"] == "failed"
     assert embedded_client.get(f"/v1/jobs/{job['id']}/logs").text.strip()
     # a failed request can be made again (a new job), and still fails the same way
-    status2, job2 = convert(embedded_client, m["id"], "onnx", input_specs={"x": {"shape": [2, 5]}})
+    status2, job2 = convert(embedded_client, m["id"], "onnx", input_specs={"x": {"shape": [2, 5]}}, benchmark=False)
     assert status2 == 202 and job2["id"] != job["id"]
     wait(embedded_client, job2["id"])
 

@@ -1,0 +1,144 @@
+"""The validate and benchmark steps, as they run inside the sandbox (``app.conversion.run``).
+
+Each takes the artifact's files as its :class:`Source` and writes one JSON report into
+``out_dir``; the worker records it in the catalog. Heavy imports stay inside the functions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from app.conversion.io import Result, Source
+
+# The hardware each format's runtime needs: validation and benchmarks of an artifact run on that queue.
+RUNTIME_HARDWARE = {"onnx": "cpu", "openvino": "intel", "torchscript": "cpu", "torch_export": "cpu", "tflite": "cpu",
+                    "coreml": "apple", "tensorrt": "gpu", "pytorch": "cpu", "safetensors": "cpu", "keras": "cpu",
+                    "savedmodel": "cpu"}
+
+
+def _write(out_dir: Path, name: str, report: dict[str, Any]) -> Result:
+    (out_dir / name).write_text(json.dumps(report, default=_jsonable))
+    return Result(primary=name, details=report)
+
+
+def _jsonable(v):
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+def load_tensors(fmt: str, root: Path, primary: str) -> dict[str, Any]:
+    """Every tensor of a weights-only file as numpy, keyed as the inspection keys them."""
+    import numpy as np
+
+    path = root / primary
+    if fmt == "safetensors":
+        import torch
+        from safetensors.torch import load_file
+
+        return {k: _np(v) for k, v in load_file(str(path)).items()} if torch else {}
+    if fmt == "pytorch":
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        out: dict[str, np.ndarray] = {}
+        _flatten(obj, "", out)
+        return out
+    raise ValueError(f"{fmt} is not a weights-only format")
+
+
+def _np(t):
+    import torch
+
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: compare the raw bits
+        return t.view(torch.int16).numpy()
+    return t.detach().contiguous().numpy()
+
+
+def _flatten(obj, prefix: str, out: dict) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        out[prefix or "tensor"] = _np(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out)
+
+
+def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
+    from app import validation
+    from app.runners import WEIGHTS_ONLY, RunnerUnavailable, open_runner
+
+    ref = options["reference"]
+    profile = options.get("profile", "fp32")
+    overrides = options.get("overrides")
+    if src.format in WEIGHTS_ONLY or ref["format"] in WEIGHTS_ONLY:
+        if not (src.format in WEIGHTS_ONLY and ref["format"] in WEIGHTS_ONLY):
+            return _write(out_dir, "validation.json", validation.skipped(
+                f"cannot compare {ref['format']} with {src.format}: one side holds weights only", profile="exact"))
+        key = options.get("weights_key")
+        reference = load_tensors(ref["format"], Path(ref["root"]), ref["primary"])
+        if key:  # the artifact holds only that sub-dict, keyed without the prefix
+            reference = {k[len(key) + 1:]: v for k, v in reference.items() if k.startswith(key + ".")}
+        report = validation.validate_tensors(reference, load_tensors(src.format, src.root, src.primary))
+        return _write(out_dir, "validation.json", report)
+    samples = None
+    if options.get("samples"):
+        import numpy as np
+
+        with np.load(options["samples"], allow_pickle=False) as z:
+            samples = {k: z[k] for k in z.files}
+    try:
+        candidate = open_runner(src.format, src.root, src.paths, src.primary, precision="fp32")
+    except RunnerUnavailable as e:
+        hw = RUNTIME_HARDWARE.get(src.format, "cpu")
+        return _write(out_dir, "validation.json", validation.skipped(
+            f"{e}: waiting for a worker on the '{hw}' queue that can run {src.format}", profile=profile))
+    try:
+        reference = open_runner(ref["format"], Path(ref["root"]), ref["paths"], ref["primary"], precision="fp32")
+    except RunnerUnavailable as e:
+        return _write(out_dir, "validation.json", validation.skipped(
+            f"the reference ({ref['format']}) cannot run here: {e}", profile=profile))
+    report = validation.validate(reference, candidate, profile=profile, overrides=overrides, samples=samples,
+                                 seed=int(options.get("seed", 0)))
+    return _write(out_dir, "validation.json", report)
+
+
+def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
+    from app import benchmark
+    from app.runners import WEIGHTS_ONLY, open_runner
+
+    if src.format in WEIGHTS_ONLY:
+        return _write(out_dir, "benchmark.json", _load_only(src))
+    report = benchmark.benchmark(
+        lambda: open_runner(src.format, src.root, src.paths, src.primary,
+                            precision=options.get("precision", "fp32"), threads=options.get("threads")),
+        batch_sizes=tuple(options.get("batch_sizes", (1, 8))),
+        max_seconds=float(options.get("max_seconds", 30)),
+    )
+    report["status"] = "ok"
+    return _write(out_dir, "benchmark.json", report)
+
+
+def _load_only(src: Source) -> dict[str, Any]:
+    """Weights-only formats do not run; what users compare them on is load time."""
+    from app import benchmark
+
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        load_tensors(src.format, src.root, src.primary)
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return {"status": "ok", "load_ms": times[len(times) // 2], "load_ms_all": times,
+            "note": "weights only: load time of every tensor into memory (median of 5); no inference",
+            "batches": {}, "host": benchmark.fingerprint()}

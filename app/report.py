@@ -1,0 +1,174 @@
+"""The format report: one row per artifact (measured here, proven against the model) and a
+recommendation per priority of the seed's "By Priority" table, each naming the numbers behind it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.catalog import repo
+
+# The seed's orders (shared/seed/ai-model-formats.md, "By Priority"), as format ids.
+SEED = {
+    "speed_cpu": ("Speed (inference, CPU)", ["openvino", "onnx", "tensorrt"]),
+    "speed_loading": ("Speed (loading)", ["safetensors", "onnx", "pytorch"]),
+    "file_size": ("File size", ["tflite", "onnx", "safetensors", "pytorch"]),
+    "portability": ("Portability", ["onnx", "safetensors"]),
+    "security": ("Security", ["safetensors", "onnx", "pytorch"]),
+}
+# Loading these runs no code from the file (pickle-free, no Python): the security priority's candidates.
+NO_CODE_ON_LOAD = {"safetensors", "onnx", "openvino", "tflite", "coreml", "tensorrt", "torch_export"}
+
+
+def precision_of(art) -> str:
+    p = (art.options or {}).get("precision")
+    return p if p else ("exact" if art.format in ("safetensors", "pytorch") else "fp32")
+
+
+def build(s, model) -> dict[str, Any]:
+    rows = []
+    for art in repo.list_artifacts(s, model.id):
+        v = repo.latest_validation(s, art.id)
+        b = repo.latest_benchmark(s, art.id)
+        batches = (b.results.get("batches") or {}) if b is not None else {}
+        big = max((k for k in batches if k != "1" and batches[k].get("p50_ms") is not None), key=int, default=None)
+        rows.append({
+            "artifact_id": art.id, "format": art.format, "precision": precision_of(art), "edge": art.edge,
+            "size_bytes": art.size_bytes,
+            "load_ms": b.load_ms if b else None,
+            "p50_ms": b.p50_ms if b else None, "p99_ms": b.p99_ms if b else None,
+            "throughput": b.throughput if b else None,
+            "batch_throughput": {"batch": int(big), "throughput": batches[big].get("throughput")} if big else None,
+            "benchmark_status": b.status if b else "not measured",
+            "validation": v.status if v else "not validated",
+            "validation_reason": v.reason if v else None,
+            "max_abs_err": v.max_abs_err if v else None,
+            "deployable": bool(v and v.status == "passed"),
+        })
+    host = None
+    for art in repo.list_artifacts(s, model.id):
+        b = repo.latest_benchmark(s, art.id)
+        if b is not None and b.host:
+            host = b.host
+            break
+    return {"model": {"id": model.id, "name": model.name, "format": model.format, "size_bytes": model.size_bytes},
+            "host": host, "rows": rows, "recommendations": recommend(model, rows)}
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['format']} {r['precision']} ({r['artifact_id'][:8]})"
+
+
+def recommend(model, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    proven = [r for r in rows if r["deployable"]]
+    out = []
+
+    def add(key: str, choice: dict | None, because: str, candidates: list[dict]) -> None:
+        title, order = SEED[key]
+        seed_pick = next((f for f in order if any(r["format"] == f for r in candidates)), None)
+        out.append({
+            "priority": title, "key": key,
+            "choice": None if choice is None else {"artifact_id": choice["artifact_id"], "format": choice["format"],
+                                                   "precision": choice["precision"]},
+            "because": because, "seed_order": " > ".join(order),
+            "agrees_with_seed": None if choice is None or seed_pick is None else choice["format"] == seed_pick,
+        })
+
+    fast = [r for r in proven if r["p50_ms"] is not None]
+    if fast:
+        best = min(fast, key=lambda r: r["p50_ms"])
+        others = ", ".join(f"{_label(r)} {r['p50_ms']:.3f} ms" for r in sorted(fast, key=lambda r: r["p50_ms"])[1:4])
+        add("speed_cpu", best, f"lowest measured p50 latency at batch 1 on this host: {best['p50_ms']:.3f} ms "
+            f"({best['throughput']:.0f} samples/s)" + (f"; next: {others}" if others else ""), fast)
+    else:
+        add("speed_cpu", None, "no validated artifact has a benchmark yet", [])
+    loads = [r for r in proven if r["load_ms"] is not None]
+    if loads:
+        best = min(loads, key=lambda r: r["load_ms"])
+        add("speed_loading", best, f"fastest measured load: {best['load_ms']:.1f} ms", loads)
+    else:
+        add("speed_loading", None, "no validated artifact has a measured load time", [])
+    if proven:
+        best = min(proven, key=lambda r: r["size_bytes"])
+        add("file_size", best, f"smallest validated artifact: {_fmt_bytes(best['size_bytes'])} "
+            f"(the uploaded model is {_fmt_bytes(model.size_bytes)})", proven)
+    else:
+        add("file_size", None, "no validated artifact yet", [])
+    onnx = [r for r in proven if r["format"] == "onnx" and r["precision"] == "fp32"] or \
+        [r for r in proven if r["format"] == "onnx"]
+    if onnx:
+        r = onnx[0]
+        err = f", max abs error {r['max_abs_err']:.2e}" if r["max_abs_err"] is not None else ""
+        add("portability", r, f"ONNX runs on every runtime modelport targets; this one passed validation{err}", proven)
+    else:
+        portable = [r for r in proven if r["format"] == "safetensors"]
+        add("portability", portable[0] if portable else None,
+            "SafeTensors: framework-neutral weights (validated tensor for tensor)" if portable else
+            "no validated ONNX or SafeTensors artifact", proven)
+    safe = [r for r in proven if r["format"] in NO_CODE_ON_LOAD]
+    if safe:
+        order = SEED["security"][1]
+        best = min(safe, key=lambda r: order.index(r["format"]) if r["format"] in order else len(order))
+        add("security", best, f"{best['format']} runs no code from the file when loaded (no pickle)"
+            + (", and matched the model exactly" if best["precision"] == "exact" and best["validation"] == "passed"
+               else ""), safe)
+    else:
+        add("security", None, "no validated artifact in a format that loads without running code", [])
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["model"]
+    lines = [f"# Format report: {m['name']}", "",
+             f"Uploaded as **{m['format']}**, {_fmt_bytes(m['size_bytes'])}.", ""]
+    if report.get("host"):
+        h = report["host"]
+        cpu = (h.get("cpu") or {}).get("model") if isinstance(h.get("cpu"), dict) else h.get("cpu_model")
+        lines += [f"Measured on: {cpu or 'unknown CPU'}, {h.get('logical_cores') or h.get('cores') or '?'} cores.", ""]
+    lines += ["| format | precision | size | load ms | p50 ms | p99 ms | samples/s | validation | max abs err |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def n(v, f="{:.3f}"):
+        return "—" if v is None else f.format(v)
+
+    for r in report["rows"]:
+        lines.append(f"| {r['format']} | {r['precision']} | {_fmt_bytes(r['size_bytes'])} | {n(r['load_ms'], '{:.1f}')} | "
+                     f"{n(r['p50_ms'])} | {n(r['p99_ms'])} | {n(r['throughput'], '{:.0f}')} | {r['validation']} | "
+                     f"{n(r['max_abs_err'], '{:.2e}')} |")
+    lines += ["", "## Recommendations", ""]
+    for rec in report["recommendations"]:
+        c = rec["choice"]
+        pick = f"**{c['format']} {c['precision']}**" if c else "none yet"
+        seed = "" if rec["agrees_with_seed"] is None else (" (as the seed's order says)" if rec["agrees_with_seed"]
+                                                           else " (differs from the seed's order)")
+        lines.append(f"- **{rec['priority']}**: {pick}{seed} — {rec['because']}. Seed: {rec['seed_order']}.")
+    return "\n".join(lines) + "\n"
+
+
+def reachable_targets(source: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every target the planner can reach from ``source``, plus the precision variants worth comparing."""
+    from app.conversion import planner
+    from app.errors import Unprocessable
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    for target in sorted(planner.targets()):
+        try:
+            planner.plan(source, target, {})
+        except Unprocessable:
+            continue
+        if target == source and target != "onnx":
+            continue
+        if target != source:
+            out.append((target, {}))
+        if target == "openvino":
+            out += [("openvino", {"precision": "fp16"}), ("openvino", {"precision": "int8"})]
+        if target == "onnx":
+            out += [("onnx", {"precision": "fp16"}), ("onnx", {"precision": "int8"})]
+    return out
