@@ -379,6 +379,7 @@ def benchmark(
     ``max_seconds`` bounds the measuring (warm-up and timed windows) of all batch sizes
     together: each batch size gets an equal share of what is left, so time a quick-to-settle
     size leaves unused goes to the next ones. The load and the first inference are not bounded.
+    Stability compares two windows, so at least two run even with ``min_windows=1``;
     ``stability=0`` never stops early (runs ``max_windows`` or until the time is up).
     ``inputs_for(batch_size)`` replaces the generated feeds. Every batch size gets at least one
     untimed run before its warm-up (the first inference for batch 1), which is where a model that

@@ -272,11 +272,13 @@ def _gather(s, job: Job, step: JobStep) -> dict[str, Any]:
         return {"input": _files_of(src), "parent": None if src is model else src.id}
     if not converts:  # a benchmark of an existing artifact
         art = repo.get_artifact(s, step.options["artifact_id"])
-        return {"input": _files_of(art), "artifact_id": art.id, "parent": art.id}
+        return {"input": _files_of(art), "artifact_id": art.id, "parent": art.id,
+                "io_hints": model.inspection.get("inputs") or []}
     # validate / benchmark work on the artifact of the convert step before them
     made = converts[-1]
     art = repo.get_artifact(s, made.output_artifact_id)
-    out = {"input": _files_of(art), "artifact_id": art.id, "parent": art.id}
+    out = {"input": _files_of(art), "artifact_id": art.id, "parent": art.id,
+           "io_hints": model.inspection.get("inputs") or []}
     if step.kind == "validate":
         runnable = model.format in RUNNER_MODULES or model.format in WEIGHTS_ONLY
         earlier = [x for x in converts if x.index < made.index]
@@ -341,6 +343,8 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
         _fetch(store, inp["files"], workdir / "in")
         src = Source(root=workdir / "in", paths=[p for p, _ in inp["files"]], primary=inp["primary"],
                      format=inp["format"], inspection=inp["inspection"], input_specs=specs)
+        if kind != "convert":
+            options["io_hints"] = work["io_hints"]
         if kind == "validate":
             ref = work["reference"]
             _fetch(store, ref["files"], workdir / "ref")

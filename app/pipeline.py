@@ -113,19 +113,88 @@ def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result
     return _write(out_dir, "validation.json", report)
 
 
+def hinted_specs(runner_specs: list, hints: list[dict[str, Any]], input_specs: dict[str, Any] | None) -> list:
+    """Fill inputs a runtime cannot describe (TorchScript records no dtypes or shapes) from the job's
+    input_specs, else from the uploaded model's inspection, matched by name, else by position."""
+    from app.runners.base import IOSpec
+
+    out = []
+    for i, spec in enumerate(runner_specs):
+        if spec.dtype and spec.shape is not None:
+            out.append(spec)
+            continue
+        given = (input_specs or {}).get(spec.name)
+        if given:
+            dyn = {int(k) for k in given.get("dynamic", {})}
+            shape = [None if a in dyn else d for a, d in enumerate(given["shape"])]
+            out.append(IOSpec(spec.name, given.get("dtype", "float32"), shape))
+            continue
+        hint = next((h for h in hints if h.get("name") == spec.name), hints[i] if i < len(hints) else None)
+        if hint is None or hint.get("shape") is None or not hint.get("dtype"):
+            raise ValueError(f"input '{spec.name}': its shape and dtype are unknown; give input_specs")
+        out.append(IOSpec(spec.name, hint["dtype"], list(hint["shape"])))
+    return out
+
+
+class _Hinted:
+    """A runner whose inputs() are completed from hints (see :func:`hinted_specs`)."""
+
+    def __init__(self, runner, specs):
+        self._runner, self._specs = runner, specs
+        self.info = runner.info
+
+    def inputs(self):
+        return self._specs
+
+    def outputs(self):
+        return self._runner.outputs()
+
+    def run(self, feeds):
+        return self._runner.run(feeds)
+
+    def close(self):
+        self._runner.close()
+
+
 def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     from app import benchmark
-    from app.runners import WEIGHTS_ONLY, open_runner
+    from app.runners import WEIGHTS_ONLY, RunnerUnavailable, open_runner
 
     if src.format in WEIGHTS_ONLY:
         return _write(out_dir, "benchmark.json", _load_only(src))
+
+    def load():
+        r = open_runner(src.format, src.root, src.paths, src.primary,
+                        precision=options.get("precision", "fp32"), threads=options.get("threads"))
+        specs = r.inputs()
+        if any(not sp.dtype or sp.shape is None for sp in specs):
+            return _Hinted(r, hinted_specs(specs, options.get("io_hints") or [], src.input_specs))
+        return r
+
+    try:
+        probe = load()
+        probe.close()
+    except RunnerUnavailable as e:
+        hw = RUNTIME_HARDWARE.get(src.format, "cpu")
+        return _write(out_dir, "benchmark.json", {"status": "skipped", "reason": f"{e}: waiting for a worker on the "
+                                                  f"'{hw}' queue that can run {src.format}", "batches": {}})
     report = benchmark.benchmark(
-        lambda: open_runner(src.format, src.root, src.paths, src.primary,
-                            precision=options.get("precision", "fp32"), threads=options.get("threads")),
+        load,
         batch_sizes=tuple(options.get("batch_sizes", (1, 8))),
         max_seconds=float(options.get("max_seconds", 30)),
     )
-    report["status"] = "ok"
+    # a flat summary per batch size next to the full measurement
+    report["batches"] = {
+        bs: {"status": e.get("status"), "iterations": e.get("iterations"), "stop": e.get("stop"),
+             "p50_ms": (e.get("latency_ms") or {}).get("p50"), "p90_ms": (e.get("latency_ms") or {}).get("p90"),
+             "p99_ms": (e.get("latency_ms") or {}).get("p99"), "mean_ms": (e.get("latency_ms") or {}).get("mean"),
+             "throughput": e.get("throughput_samples_per_s")}
+        for bs, e in (report.get("batch_sizes") or {}).items()}
+    report["host"] = report.get("fingerprint")
+    ok = any(b["status"] == "ok" for b in report["batches"].values())
+    report["status"] = "ok" if ok else "failed"
+    if not ok:
+        report["reason"] = "; ".join(f"batch {bs}: {b['status']}" for bs, b in report["batches"].items())
     return _write(out_dir, "benchmark.json", report)
 
 
@@ -141,4 +210,4 @@ def _load_only(src: Source) -> dict[str, Any]:
     times.sort()
     return {"status": "ok", "load_ms": times[len(times) // 2], "load_ms_all": times,
             "note": "weights only: load time of every tensor into memory (median of 5); no inference",
-            "batches": {}, "host": benchmark.fingerprint()}
+            "batches": {}, "host": benchmark.fingerprint()}  # noqa: E501

@@ -7,7 +7,6 @@ may still place ops on the CPU). This path cannot be exercised on the Linux test
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -19,13 +18,6 @@ from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
 # Core ML ArrayFeatureType.ArrayDataType
 _ARRAY_TYPES = {65568: "float32", 65600: "float64", 65552: "float16", 131104: "int32", 131080: "int8"}
 _UNITS = {"fp32": "CPU_ONLY", "fp16": "CPU_AND_NE"}
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _model_path(root: Path, paths: list[str], primary: str) -> Path:
@@ -70,10 +62,9 @@ class CoreMLRunner(Runner):
         desc = self._model.get_spec().description
         self._inputs = [_spec(f) for f in desc.input]
         self._outputs = [_spec(f) for f in desc.output]
-        self.info = RunnerInfo(runtime="coreml", version=ct.__version__, precision=precision,
-                               threads=threads or default_threads(),
-                               details={"compute_units": _UNITS[precision],
-                                        "threads_note": "Core ML chooses its own threads"})
+        self.info = RunnerInfo(runtime="coreml", version=ct.__version__, precision=precision, threads=None,
+                               details={"compute_units": _UNITS[precision], "requested_threads": threads,
+                                        "threads_note": "Core ML chooses its own threads (not settable)"})
 
     def inputs(self) -> list[IOSpec]:
         return list(self._inputs)

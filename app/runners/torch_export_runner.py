@@ -20,8 +20,8 @@ from app.runners.torchscript_runner import (
     import_torch,
     pin_threads,
     pinned_info,
+    to_arg,
     to_numpy,
-    to_tensor,
     weights_precision,
 )
 
@@ -55,7 +55,9 @@ class TorchExportRunner(Runner):
         ep = torch.export.load(str(path))
         sig = ep.graph_signature
         nodes = {n.name: n for n in ep.graph.nodes}
-        self._inputs = [_spec(torch, n, nodes[n].meta.get("val") if n in nodes else None) for n in sig.user_inputs]
+        vals = {n: nodes[n].meta.get("val") if n in nodes else None for n in sig.user_inputs}
+        self._inputs = [_spec(torch, n, v) for n, v in vals.items()]
+        self._scalars = {n for n, v in vals.items() if not isinstance(v, torch.Tensor)}
         out_node = next(n for n in ep.graph.nodes if n.op == "output")
         out_vals = {a.name: a.meta.get("val") for a in out_node.args[0] if hasattr(a, "name")}
         self._out_names = [n if isinstance(n, str) else None for n in sig.user_outputs]
@@ -79,7 +81,7 @@ class TorchExportRunner(Runner):
         if missing:
             raise ValueError(f"missing inputs: {missing}")
         pin_threads(torch, self._threads)
-        flat = [to_tensor(torch, feeds[s.name], s.name) for s in self._inputs]
+        flat = [to_arg(torch, feeds[s.name], s.name in self._scalars) for s in self._inputs]
         if self._in_spec is not None:
             args, kwargs = self._pytree.tree_unflatten(flat, self._in_spec)
         else:

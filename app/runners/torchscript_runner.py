@@ -85,14 +85,13 @@ def flatten_outputs(out: Any) -> list[tuple[str, Any]]:
     return leaves
 
 
-def to_tensor(torch, a, name: str):
+def to_arg(torch, a, scalar: bool):
+    """A feed as the program wants it: a tensor, or a Python number for a scalar (int/float/bool) argument."""
+    if scalar:
+        return a.item() if isinstance(a, np.ndarray | np.generic | torch.Tensor) else a
     if isinstance(a, torch.Tensor):
         return a
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(a))
-    if isinstance(a, np.generic):
-        return a.item()
-    return a
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(a)))
 
 
 def pinned_info(torch, precision: str, model_precision: str, counts: dict[str, int], threads: int,
@@ -149,7 +148,7 @@ class TorchScriptRunner(Runner):
         if missing:
             raise ValueError(f"missing inputs: {missing}")
         pin_threads(torch, self._threads)
-        args = [to_tensor(torch, feeds[s.name], s.name) for s in self._inputs]
+        args = [to_arg(torch, feeds[s.name], s.dtype is not None) for s in self._inputs]
         with torch.inference_mode():
             out = self._module(*args)
         leaves = flatten_outputs(out)

@@ -138,7 +138,7 @@ def test_throughput_is_per_sample():
         assert r["throughput_samples_per_s"] == pytest.approx(bs / mean_s, rel=1e-3)
     # ~the same call time at both sizes -> batch 8 moves ~8x the samples per second
     t1, t8 = rep["batch_sizes"]["1"]["throughput_samples_per_s"], rep["batch_sizes"]["8"]["throughput_samples_per_s"]
-    assert 4 * t1 < t8 < 16 * t1
+    assert 2 * t1 < t8 < 32 * t1  # loose: a busy host stretches sleeps (exact: fake-clock test)
     assert t8 < 8 / 0.004  # a call can't beat its 4 ms sleep
 
 
@@ -179,7 +179,7 @@ def test_constant_sleep_runner_stops_stable_after_min_windows():
                     stability=0.1)
     r = rep["batch_sizes"]["1"]
     assert r["stop"] == "stable"
-    assert 3 <= r["windows"] <= 6, r["window_p50_ms"]  # exactly 3 unless the host is busy (exact: fake clock)
+    assert 3 <= r["windows"] < 20, r["window_p50_ms"]  # 3 unless the host is busy (exactly 3: fake-clock test)
     assert r["iterations"] == 9 * r["windows"] and len(r["window_p50_ms"]) == r["windows"]
     assert runner.calls == 1 + 2 + r["iterations"]  # first inference, warm-up, timed
     assert r["latency_ms"]["min"] >= 2 and rep["first_inference_ms"] >= 2 and rep["load_ms"] >= 0
@@ -206,8 +206,8 @@ def test_time_budget_stops_unstable():
 
 def test_repeated_runs_agree():
     def once():
-        return benchmark(lambda: MatmulRunner(384), batch_sizes=(4,), warmup=3, window=15, min_windows=3,
-                         max_windows=10)["batch_sizes"]["4"]["latency_ms"]
+        return benchmark(lambda: MatmulRunner(256, sleep_s=0.002), batch_sizes=(4,), warmup=3, window=15,
+                         min_windows=3, max_windows=10)["batch_sizes"]["4"]["latency_ms"]
 
     a, b = once(), once()
     assert a["min"] <= b["p50"] <= a["p99"] or b["p50"] == pytest.approx(a["p50"], rel=0.2), (a, b)
@@ -222,6 +222,13 @@ def test_rss_growth_of_a_200mib_load():
     small = benchmark(lambda: MatmulRunner(8), batch_sizes=(1,), **FAST)["memory"]
     if small["hwm_reset"]:  # with the reset, the 200 MiB above doesn't leak into the next reading
         assert small["load_peak_rss_growth_mib"] < 50, small
+
+
+def test_rss_without_hwm_reset_is_an_upper_bound(monkeypatch):
+    monkeypatch.setattr(bm, "_reset_hwm", lambda: False)
+    mem = benchmark(lambda: MatmulRunner(8), batch_sizes=(1,), **FAST)["memory"]
+    assert mem["hwm_reset"] is False and "upper bound" in mem["note"]
+    assert mem["peak_rss_growth_mib"] >= 0
 
 
 def test_report_is_json_and_carries_runner_info():
@@ -327,3 +334,21 @@ def test_onnxruntime_small_vs_big_mlp(tmp_path):
     assert big["runner"]["precision"] == "fp32"
     assert big["batch_sizes"]["8"]["input_shapes"] == {"x": [8, 256]}
     assert big["load_ms"] > 0 and big["first_inference_ms"] > 0
+
+
+def test_fingerprint_reads_gpus_from_nvidia_smi(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559, 570.86.15'\necho 'NVIDIA H100 80GB HBM3, 81559, 570.86.15'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    bm._gpus.cache_clear()
+    try:
+        fp = fingerprint()
+        assert fp["gpus"] == [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "driver": "570.86.15"}] * 2
+        assert "gpu_error" not in fp
+        smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate' >&2\nexit 9\n")
+        bm._gpus.cache_clear()
+        fp = fingerprint()
+        assert fp["gpus"] == [] and fp["gpu_error"].startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
+    finally:
+        bm._gpus.cache_clear()
