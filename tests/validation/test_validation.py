@@ -490,3 +490,23 @@ def test_candidate_extra_outputs_noted_and_unavailable_runner_skips():
 
     rep = validate(runner(mlp(w)), runner(unavailable), profile="fp16")
     assert rep["status"] == "skipped" and "TensorRT needs an NVIDIA GPU" in rep["reason"]
+
+
+def test_reference_that_rejects_generated_inputs_is_skipped_not_passed():
+    """Random inputs are only a guess: when the model itself rejects them the verdict is
+    'skipped' with what to do, and the sets it did accept still decide."""
+    from app.validation import validate
+
+    def picky(feeds):
+        if feeds["x"].shape[0] != 1:
+            raise ValueError("this model only takes batch 1")
+        return mlp(_weights())(feeds)
+
+    every = validate(runner(lambda f: (_ for _ in ()).throw(ValueError("bad input"))), runner(mlp(_weights())),
+                     profile="fp32")
+    assert every["status"] == "skipped" and "upload sample inputs" in every["reason"]
+    partial = validate(runner(picky), runner(mlp(_weights())), profile="fp32")
+    assert partial["status"] == "passed" and "over 1 input set(s)" in partial["reason"]
+    assert any("invalid for the model itself" in n for n in partial["notes"])
+    wrong = validate(runner(picky), runner(mlp(_weights(seed=1))), profile="fp32")
+    assert wrong["status"] == "failed"
