@@ -58,6 +58,11 @@ class Settings(BaseSettings):
                                        'e.g. {"tf": "/opt/venv-tf/bin/python"}')
     celery_visibility_timeout_s: int = Field(default=7200, gt=0)
 
+    # Serving.
+    serving_threads: int = Field(default=0, ge=0, description="inference thread pool size; 0 = CPU count")
+    serving_memory_budget_mb: int = Field(default=8192, gt=0)
+    serving_load: Literal["lazy", "eager"] = "lazy"
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("database_url", "storage_url", "broker_url", "s3_endpoint_url", mode="before")

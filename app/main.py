@@ -43,9 +43,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             executor = EmbeddedExecutor(settings, db, app.state.store)
             executor.start()
             app.state.dispatcher = executor
+        from app.serving.metrics import Metrics
+        from app.serving.runtime import ModelCache
+
+        app.state.metrics = Metrics(db)
+        app.state.models = ModelCache(settings, db, app.state.store, app.state.metrics)
+        if settings.serving_load == "eager":
+            await _load_all(app)
         try:
             yield
         finally:
+            await app.state.models.close()
             if executor is not None:
                 executor.stop()
             db.dispose()
@@ -77,11 +85,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "internal_error", "message": "internal error; see the server log",
                                        "detail": {"type": type(exc).__name__}}}, status_code=500)
 
-    from app.api import formats, health, models
+    from app.api import deployments, formats, health, models, v2
     from app.api import jobs as jobs_api
 
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(jobs_api.router)
     app.include_router(formats.router)
+    app.include_router(deployments.router)
+    app.include_router(v2.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+async def _load_all(app: FastAPI) -> None:
+    """MODELPORT_SERVING_LOAD=eager: load the serving version of every deployment at start."""
+    import anyio
+
+    from app.catalog import repo
+
+    cache = app.state.models
+    with app.state.db.session() as s:
+        names = repo.list_deployment_names(s)
+    for name in names:
+        try:
+            row = cache.resolve(name, None)
+            await anyio.to_thread.run_sync(cache.get, row, name)
+        except Exception as e:  # one deployment that cannot load must not stop the others
+            log.warning("eager load of %s failed: %s", name, e)

@@ -11,6 +11,7 @@ from app.catalog.tables import (
     Artifact,
     ArtifactFile,
     Benchmark,
+    Deployment,
     Job,
     JobStep,
     Model,
@@ -199,3 +200,18 @@ def benchmark_keys(s: Session, artifact_ids: list[str]) -> list[str]:
     if not artifact_ids:
         return []
     return [k for k in s.scalars(select(Benchmark.object_key).where(Benchmark.artifact_id.in_(artifact_ids))) if k]
+
+
+# ----------------------------------------------------------------------------- deployments
+
+
+def deployment_versions(s: Session, name: str) -> list[Deployment]:
+    return list(s.scalars(select(Deployment).where(Deployment.name == name).order_by(Deployment.version.desc())))
+
+
+def list_deployment_names(s: Session) -> list[str]:
+    return list(s.scalars(select(Deployment.name).distinct().order_by(Deployment.name)))
+
+
+def get_deployment(s: Session, deployment_id: str) -> Deployment | None:
+    return s.get(Deployment, deployment_id)

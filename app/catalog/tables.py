@@ -242,3 +242,22 @@ class Benchmark(Base):
     results: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
     object_key: Mapped[str | None] = mapped_column(String(255))  # the same results as JSON in the object store
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class Deployment(TimestampMixin, Base):
+    """A named, versioned artifact served at /v1/deployments/{name}/predict and /v2/models/{name}."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), index=True, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True,
+                                             nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # loading | ready | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    runtime: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    batching: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    load_ms: Mapped[float | None] = mapped_column(Float)

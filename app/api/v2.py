@@ -1,0 +1,156 @@
+"""KServe v2 / Open Inference Protocol, as Triton speaks it: health, server and model metadata,
+readiness, and infer with JSON tensors and the binary tensor extension. ``tritonclient.http`` works
+unchanged. Errors are ``{"error": "..."}``. Requests without a Content-Type are accepted."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app import __version__
+from app.serving.runtime import ServingError
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+
+
+def _err(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@router.get("")
+def server_metadata():
+    return {"name": "modelport", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live")
+def live():
+    return Response(status_code=200)
+
+
+@router.get("/health/ready")
+def ready(request: Request):
+    try:
+        from app.catalog.db import ping
+
+        ping(request.app.state.db.engine)
+    except Exception as e:
+        return _err(503, f"catalog unreachable: {e}")
+    return Response(status_code=200)
+
+
+async def _loaded(request: Request, name: str, version: str | None):
+    cache = request.app.state.models
+    row = cache.resolve(name, version)
+    if row["id"] in cache.loaded:
+        return row, cache.get(row, name)
+    return row, await anyio.to_thread.run_sync(cache.get, row, name)
+
+
+def _tensor_meta(specs) -> list[dict]:
+    from app.serving.codec import datatype_of
+
+    return [{"name": s.name, "datatype": datatype_of(s.dtype) if s.dtype else "FP32",
+             "shape": [d if isinstance(d, int) else -1 for d in (s.shape or [])]} for s in specs]
+
+
+async def _metadata(request: Request, name: str, version: str | None):
+    try:
+        row, lm = await _loaded(request, name, version)
+    except ServingError as e:
+        return _err(e.status, e.message)
+    except Exception as e:
+        return _err(500, f"failed to load '{name}': {type(e).__name__}: {e}")
+    versions = [str(r["version"]) for r in request.app.state.models.versions(name) if r["status"] == "ready"]
+    try:
+        inputs, outputs = _tensor_meta(lm.inputs), _tensor_meta(lm.outputs)
+    except ValueError as e:  # a dtype the v2 protocol cannot carry
+        return _err(400, f"model '{name}' cannot be described in the v2 protocol: {e}")
+    return {"name": name, "versions": versions, "platform": f"modelport_{lm.format}", "inputs": inputs,
+            "outputs": outputs}
+
+
+@router.get("/models/{name}")
+async def model_metadata(name: str, request: Request):
+    return await _metadata(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}")
+async def model_version_metadata(name: str, version: str, request: Request):
+    return await _metadata(request, name, version)
+
+
+def _ready(request: Request, name: str, version: str | None) -> Response:
+    try:
+        request.app.state.models.resolve(name, version)
+    except ServingError as e:
+        return _err(404 if e.status == 404 else 400, e.message)
+    return Response(status_code=200)
+
+
+@router.get("/models/{name}/ready")
+def model_ready(name: str, request: Request):
+    return _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+def model_version_ready(name: str, version: str, request: Request):
+    return _ready(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    from app.serving import codec
+
+    metrics = request.app.state.metrics
+    started = time.perf_counter()
+    labels = (name, str(version or ""))
+    try:
+        row, lm = await _loaded(request, name, version)
+        labels = (name, str(row["version"]))
+        body = await request.body()
+        hl = request.headers.get("inference-header-content-length")
+        try:
+            header_length = int(hl) if hl is not None else None
+        except ValueError:
+            raise codec.CodecError(f"Inference-Header-Content-Length must be an integer, got {hl!r}") from None
+        req = codec.decode_v2_request(body, header_length)
+        codec.check_inputs(req.inputs, lm.specs())
+        t = time.perf_counter()
+        outputs = await request.app.state.models.predict(lm, req.inputs)
+        if lm.batcher is None:
+            first = next(iter(req.inputs.values()), None)
+            metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
+                              time.perf_counter() - t)
+        requested = [o["name"] for o in req.outputs] or None
+        per_output = {o["name"]: o.get("binary_data") for o in req.outputs}
+
+        def binary(out_name: str) -> bool:
+            flag = per_output.get(out_name)
+            return req.binary_output_default if flag is None else bool(flag)
+
+        payload, headers = codec.encode_v2_response(name, str(row["version"]), req.id, outputs, binary=binary,
+                                                    requested=requested)
+    except ServingError as e:
+        metrics.failure.labels(*labels, e.code).inc()
+        return _err(404 if e.status == 404 else 400, e.message)
+    except codec.CodecError as e:
+        metrics.failure.labels(*labels, "bad_input").inc()
+        return _err(400, str(e))
+    except Exception as e:
+        metrics.failure.labels(*labels, "inference_error").inc()
+        return _err(500, f"inference failed: {type(e).__name__}: {e}"[:2000])
+    metrics.success.labels(*labels).inc()
+    metrics.request.labels(*labels).observe(time.perf_counter() - started)
+    return Response(payload, headers=headers)
+
+
+@router.post("/models/{name}/infer")
+async def infer(name: str, request: Request):
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer_version(name: str, version: str, request: Request):
+    return await _infer(request, name, version)

@@ -1,0 +1,754 @@
+"""Tensor codecs for serving: the Open Inference Protocol (KServe v2, as Triton speaks it) and the
+v1 API (JSON nested lists, ``.npy``, ``.npz``).
+
+Pure functions over ``bytes``/``dict`` and numpy: nothing here knows about HTTP. Every problem with
+what a client sent raises :class:`CodecError`, whose message is meant for the client (the HTTP layer
+answers 400 ``{"error": msg}``); messages name the tensor and say what was expected and what came.
+
+v2 requests and responses may carry tensors as JSON (``"data"``) or, per Triton's binary tensor data
+extension, as raw little-endian row-major bytes after the JSON header, whose length is the
+``Inference-Header-Content-Length`` header. ``BYTES`` elements are a 4-byte little-endian unsigned
+length followed by the bytes, in binary; UTF-8 strings in JSON. ``BF16`` needs ``ml_dtypes``.
+
+Zero copy: binary v2 inputs are ``np.frombuffer`` views of the request body, not copies. With a
+``bytes`` body they are read-only (``arr.flags.writeable`` is False) and keep the body alive; a
+runtime that writes into its inputs must copy first.
+
+Costs (2-core host, [1,3,64,64] FP32): a JSON request spends ~3.8 ms in ``json.loads`` parsing
+12,288 floats (CPython's float parsing; numpy's own string parsers are no faster) and ~0.25 ms
+turning the list into an array; the same request in binary decodes in ~8 us. Clients that care
+should send binary (tritonclient does by default). Encoding a [1,10] output: ~10 us as JSON, ~7 us
+binary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import sys
+import zipfile
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+try:  # numpy has no bfloat16; ml_dtypes (a small numpy extension) registers one
+    import ml_dtypes as _ml_dtypes
+
+    _BF16: np.dtype | None = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - exercised by monkeypatching DATATYPES
+    _BF16 = None
+
+
+class CodecError(ValueError):
+    """A client sent something the codec can't accept; ``str(e)`` is the message for the client."""
+
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),  # object arrays whose elements are ``bytes``
+}
+"""v2 datatype -> numpy dtype. ``BF16`` is present only when ml_dtypes is importable."""
+if _BF16 is not None:
+    DATATYPES["BF16"] = _BF16
+
+_KNOWN_DATATYPES = frozenset(DATATYPES) | {"BF16"}
+_BYTES_DTYPE_NAMES = {"object", "str", "string", "bytes", "bytes_", "str_"}
+_INPUT_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_LEN = struct.Struct("<I")
+_LITTLE = sys.byteorder == "little"
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a v2 datatype string; CodecError for unknown ones and unsupported BF16."""
+    dt = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dt is not None:
+        return dt
+    if datatype == "BF16":
+        raise CodecError("BF16 is not supported by this server (it needs the ml_dtypes package)")
+    raise CodecError(f"unknown datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
+
+
+def datatype_of(dtype: Any) -> str:
+    """The v2 datatype of a numpy dtype, or of a dtype name as specs write it ("float32",
+    "bfloat16", "object", or already a v2 name like "FP32"). ``object``, ``str`` and ``bytes``
+    arrays are BYTES. CodecError for dtypes v2 can't carry (complex, datetime, ...)."""
+    if isinstance(dtype, str):
+        if dtype in _KNOWN_DATATYPES:
+            return dtype
+        if dtype == "bfloat16":
+            return "BF16"
+        if dtype in _BYTES_DTYPE_NAMES:
+            return "BYTES"
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise CodecError(f"dtype {dtype!r} has no v2 datatype") from None
+    if dt.kind in "OSU":
+        return "BYTES"
+    if dt.byteorder in "<>":
+        dt = dt.newbyteorder("=")
+    if _BF16 is not None and dt == _BF16:
+        return "BF16"
+    for name, candidate in DATATYPES.items():
+        if candidate == dt and name != "BYTES":
+            return name
+    raise CodecError(f"dtype {dt.name} has no v2 datatype")
+
+
+# --------------------------------------------------------------------------------------------
+# v2 requests
+
+
+@dataclass
+class V2Request:
+    """A decoded v2 inference request.
+
+    ``inputs`` keeps the request's order. ``outputs`` is what the client asked for, each
+    ``{"name", "binary_data": bool | None, "parameters": {...}}`` (empty: all outputs).
+    ``binary_output_default`` is the request-level ``parameters.binary_data_output``."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    binary_output_default: bool = False
+
+    @property
+    def requested(self) -> list[str] | None:
+        """Names of the requested outputs, or None for all of them."""
+        return [o["name"] for o in self.outputs] or None
+
+    def wants_binary(self, name: str) -> bool:
+        """Whether output ``name`` goes back as binary: its own ``binary_data`` if given, else the
+        request's ``binary_data_output``. Pass it as ``encode_v2_response(binary=...)``."""
+        for o in self.outputs:
+            if o["name"] == name and o["binary_data"] is not None:
+                return o["binary_data"]
+        return self.binary_output_default
+
+
+def decode_v2_request(body: bytes, header_length: int | None) -> V2Request:
+    """Decode a v2 ``/infer`` request body.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header (None: the body is all
+    JSON). Inputs with ``parameters.binary_data_size`` take their bytes, in input order, from what
+    follows the JSON header; those arrays are read-only views of ``body`` (see the module doc)."""
+    if isinstance(header_length, str):
+        try:
+            header_length = int(header_length)
+        except ValueError:
+            raise CodecError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if not isinstance(body, bytes | bytearray):
+        body = bytes(body)
+    total = len(body)
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if isinstance(header_length, bool) or not isinstance(header_length, int) or header_length < 0:
+            raise CodecError(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}")
+        if header_length > total:
+            raise CodecError(f"Inference-Header-Content-Length is {header_length} but the request body "
+                             f"has only {total} bytes")
+        view = memoryview(body)
+        header, binary = bytes(view[:header_length]), view[header_length:]
+    try:
+        doc = json.loads(header)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        hint = ""
+        if header_length is None and isinstance(e, json.JSONDecodeError) and e.msg == "Extra data":
+            hint = (" (bytes follow the JSON object: a request with binary tensor data needs the "
+                    "Inference-Header-Content-Length header)")
+        raise CodecError(f"the request is not valid JSON: {e}{hint}") from None
+    if not isinstance(doc, dict):
+        raise CodecError("the request must be a JSON object with an 'inputs' list")
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise CodecError(f"'id' must be a string, got {type(request_id).__name__}")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise CodecError("'parameters' must be a JSON object")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise CodecError(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
+    outputs = _decode_requested_outputs(doc.get("outputs"))
+
+    if "inputs" not in doc:
+        raise CodecError("the request has no 'inputs'")
+    raw_inputs = doc["inputs"]
+    if not isinstance(raw_inputs, list):
+        raise CodecError("'inputs' must be a list of tensors")
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, inp in enumerate(raw_inputs):
+        if not isinstance(inp, dict):
+            raise CodecError(f"inputs[{i}] must be a JSON object with name, shape, datatype and data")
+        name = inp.get("name")
+        if not isinstance(name, str) or not name:
+            raise CodecError(f"inputs[{i}] has no name")
+        if name in inputs:
+            raise CodecError(f"input {name!r} appears more than once")
+        datatype = inp.get("datatype")
+        if datatype is None:
+            raise CodecError(f"input {name!r} has no datatype")
+        try:
+            dtype = numpy_dtype(datatype)
+        except CodecError as e:
+            raise CodecError(f"input {name!r}: {e}") from None
+        shape = _shape(name, inp.get("shape"))
+        count = math.prod(shape)
+        params = inp.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise CodecError(f"input {name!r}: 'parameters' must be a JSON object")
+        if any(k in params for k in _INPUT_SHM_KEYS):
+            raise CodecError(f"input {name!r}: shared memory is not supported; send the data in the request")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in inp:
+                raise CodecError(f"input {name!r} has both 'data' and parameters.binary_data_size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise CodecError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+            left = len(binary) - offset
+            if size > left:
+                if header_length is None:
+                    raise CodecError(f"input {name!r} has binary_data_size {size} but the request has no "
+                                     "Inference-Header-Content-Length header (needed for binary data)")
+                raise CodecError(f"input {name!r}: binary_data_size is {size} but only {left} bytes of binary "
+                                 "data are left in the request")
+            inputs[name] = _binary_tensor(name, datatype, dtype, shape, count, binary, offset, size)
+            offset += size
+        elif "data" in inp:
+            arr = _json_tensor(name, datatype, dtype, inp["data"])
+            if arr.size != count:
+                raise CodecError(f"input {name!r}: shape {shape} needs {count} elements, got {arr.size}")
+            inputs[name] = arr.reshape(shape)
+        else:
+            raise CodecError(f"input {name!r} has no data: give 'data' or parameters.binary_data_size")
+    if offset != len(binary):
+        raise CodecError(f"{len(binary) - offset} bytes of binary data are left over after the last input "
+                         f"(the inputs' binary_data_size add up to {offset}, the body has {len(binary)} "
+                         "after the JSON header)")
+    return V2Request(request_id, inputs, parameters, outputs, binary_default)
+
+
+def _decode_requested_outputs(raw: Any) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise CodecError("'outputs' must be a list")
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, o in enumerate(raw):
+        name = o.get("name") if isinstance(o, dict) else None
+        if not isinstance(name, str) or not name:
+            raise CodecError(f"outputs[{i}] must be a JSON object with a name")
+        if name in seen:
+            raise CodecError(f"output {name!r} is requested more than once")
+        seen.add(name)
+        params = o.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise CodecError(f"output {name!r}: 'parameters' must be a JSON object")
+        flag = params.get("binary_data")
+        if flag is not None and not isinstance(flag, bool):
+            raise CodecError(f"output {name!r}: binary_data must be true or false, got {flag!r}")
+        if "shared_memory_region" in params:
+            raise CodecError(f"output {name!r}: shared memory is not supported")
+        if params.get("classification"):
+            raise CodecError(f"output {name!r}: the classification extension is not supported")
+        out.append({"name": name, "binary_data": flag, "parameters": params})
+    return out
+
+
+def _shape(name: str, shape: Any) -> list[int]:
+    if not isinstance(shape, list):
+        raise CodecError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise CodecError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    return shape
+
+
+def _binary_tensor(name: str, datatype: str, dtype: np.dtype, shape: list[int], count: int,
+                   binary: memoryview, offset: int, size: int) -> np.ndarray:
+    if datatype == "BYTES":
+        arr = _parse_bytes(name, binary[offset:offset + size])
+        if arr.size != count:
+            raise CodecError(f"input {name!r}: shape {shape} needs {count} BYTES elements, got {arr.size}")
+        return arr.reshape(shape)
+    expected = count * dtype.itemsize
+    if size != expected:
+        raise CodecError(f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of {datatype} "
+                         f"needs {expected}")
+    if datatype == "BOOL" and count:
+        raw = np.frombuffer(binary, dtype=np.uint8, count=count, offset=offset)
+        if raw.max() > 1:
+            raise CodecError(f"input {name!r}: BOOL binary data must be bytes 0 or 1")
+    arr = np.frombuffer(binary, dtype=dtype if _LITTLE else dtype.newbyteorder("<"), count=count, offset=offset)
+    return arr.reshape(shape)
+
+
+def _parse_bytes(name: str, buf: memoryview) -> np.ndarray:
+    items: list[bytes] = []
+    pos, end = 0, len(buf)
+    unpack = _LEN.unpack_from
+    while pos < end:
+        if pos + 4 > end:
+            raise CodecError(f"input {name!r}: BYTES data is truncated (a 4-byte length prefix is cut off)")
+        (n,) = unpack(buf, pos)
+        pos += 4
+        if pos + n > end:
+            raise CodecError(f"input {name!r}: BYTES element {len(items)} says {n} bytes but only "
+                             f"{end - pos} are left")
+        items.append(bytes(buf[pos:pos + n]))
+        pos += n
+    return _object_array(items)
+
+
+def _object_array(items: list) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# JSON lists -> arrays (shared by v2 "data" and v1 JSON)
+
+
+def _json_tensor(name: str, datatype: str, dtype: np.dtype, data: Any, *, text: bool = False) -> np.ndarray:
+    """JSON ``data`` (flat or nested lists) as an array of ``dtype``, type-checked.
+
+    The fast path lets numpy build the array from the lists and checks the dtype it inferred (so
+    strings for FP32 or floats for INT64 are caught without a Python loop over the elements);
+    ragged lists, huge integers and wrong types take a Python path that names the bad element.
+    The result's shape is whatever the nesting gives; callers check the count and reshape.
+    ``text``: BYTES elements stay ``str`` (v1) instead of becoming UTF-8 ``bytes`` (v2)."""
+    if not isinstance(data, list):
+        raise CodecError(f"input {name!r}: data must be a list, got {type(data).__name__}")
+    if dtype.kind == "O":
+        flat = _flatten(data)
+        for i, x in enumerate(flat):
+            if not isinstance(x, str):
+                raise CodecError(f"input {name!r}: {datatype} data must be strings; element {i} is {x!r}")
+        return _object_array(flat if text else [s.encode("utf-8") for s in flat])
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError):  # ragged nesting
+        arr = None
+    if arr is not None:
+        kind = arr.dtype.kind
+        if arr.size == 0:
+            return np.zeros(arr.shape, dtype=dtype)
+        if dtype.kind == "b":
+            if kind == "b":
+                return arr
+        elif dtype.kind in "iu":
+            if kind in "iu" and (arr.dtype == dtype or _in_range(arr, dtype)):
+                return arr.astype(dtype, copy=False)
+        elif kind in "iuf":  # float or bfloat16 targets take any number
+            return arr.astype(dtype, copy=False)
+    return _json_tensor_slow(name, datatype, dtype, data)
+
+
+def _in_range(arr: np.ndarray, dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= int(arr.min()) and int(arr.max()) <= info.max
+
+
+def _json_tensor_slow(name: str, datatype: str, dtype: np.dtype, data: list) -> np.ndarray:
+    flat = _flatten(data)
+    if dtype.kind == "b":
+        for i, x in enumerate(flat):
+            if not isinstance(x, bool):
+                raise CodecError(f"input {name!r}: {datatype} data must be true/false; element {i} is {x!r}")
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        for i, x in enumerate(flat):
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise CodecError(f"input {name!r}: {datatype} data must be integers; element {i} is {x!r}")
+            if not info.min <= x <= info.max:
+                raise CodecError(f"input {name!r}: element {i} ({x}) is out of range for {datatype} "
+                                 f"[{info.min}, {info.max}]")
+    else:
+        for i, x in enumerate(flat):
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise CodecError(f"input {name!r}: {datatype} data must be numbers; element {i} is {x!r}")
+    try:
+        return np.array(flat, dtype=dtype)
+    except (OverflowError, ValueError) as e:
+        raise CodecError(f"input {name!r}: data does not fit {datatype}: {e}") from None
+
+
+def _flatten(data: list) -> list:
+    """Row-major leaves of nested lists, without recursion (nesting depth is the client's choice)."""
+    if not any(isinstance(x, list) for x in data):
+        return data
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# v2 responses
+
+
+def encode_v2_response(model_name: str, model_version: str | None, request_id: str | None,
+                       outputs: Mapping[str, np.ndarray], *,
+                       binary: bool | Collection[str] | Callable[[str], bool] = False,
+                       requested: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """A v2 response body and its headers (Content-Type, and Inference-Header-Content-Length when
+    any output is binary).
+
+    ``binary``: True/False for all outputs, a set of output names, or a predicate (e.g.
+    :meth:`V2Request.wants_binary`). ``requested``: only these outputs, in this order (None or
+    empty: all, in the model's order); an unknown name is a CodecError."""
+    if requested:
+        missing = [n for n in requested if n not in outputs]
+        if missing:
+            raise CodecError(f"requested output {missing[0]!r} is not an output of the model; available: "
+                             f"{', '.join(outputs)}")
+        names: Iterable[str] = requested
+    else:
+        names = outputs
+    if callable(binary):
+        is_binary = binary
+    elif isinstance(binary, bool):
+        is_binary = (lambda _n: True) if binary else (lambda _n: False)
+    else:
+        chosen = {binary} if isinstance(binary, str) else set(binary)
+        is_binary = chosen.__contains__
+
+    doc: dict[str, Any] = {}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["model_name"] = model_name
+    if model_version is not None:
+        doc["model_version"] = model_version
+    tensors: list[dict[str, Any]] = []
+    chunks: list[Any] = []
+    for name in names:
+        arr = np.asarray(outputs[name])
+        try:
+            datatype = datatype_of(arr.dtype)
+        except CodecError as e:
+            raise CodecError(f"output {name!r}: {e}") from None
+        t: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if is_binary(name):
+            raw = _to_binary(name, arr, datatype)
+            t["parameters"] = {"binary_data_size": raw.nbytes if isinstance(raw, np.ndarray) else len(raw)}
+            chunks.append(raw)
+        else:
+            t["data"] = _to_json_list(name, arr, datatype, flat=True)
+        tensors.append(t)
+    doc["outputs"] = tensors
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *chunks]), {"Content-Type": "application/octet-stream",
+                                         "Inference-Header-Content-Length": str(len(header))}
+
+
+def _to_binary(name: str, arr: np.ndarray, datatype: str) -> bytes | np.ndarray:
+    """The wire bytes of one tensor: a uint8 view where possible (no copy until the final join)."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for x in _bytes_elements(name, arr):
+            parts.append(_LEN.pack(len(x)))
+            parts.append(x)
+        return b"".join(parts)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+
+
+def _bytes_elements(name: str, arr: np.ndarray) -> list[bytes]:
+    out = []
+    for x in arr.reshape(-1).tolist():
+        if isinstance(x, bytes):
+            out.append(x)
+        elif isinstance(x, str):
+            out.append(x.encode("utf-8"))
+        else:
+            raise CodecError(f"output {name!r}: BYTES elements must be bytes or str, got {type(x).__name__}")
+    return out
+
+
+def _to_json_list(name: str, arr: np.ndarray, datatype: str, *, flat: bool) -> Any:
+    if datatype == "BF16":
+        arr = arr.astype(np.float32)
+    elif datatype == "BYTES":
+        try:
+            items = [x.decode("utf-8") if isinstance(x, bytes) else x for x in arr.reshape(-1).tolist()]
+        except UnicodeDecodeError:
+            raise CodecError(f"output {name!r} holds bytes that are not UTF-8 and can't go in JSON; "
+                             "ask for it as binary data") from None
+        if flat:
+            return items
+        return _object_array(items).reshape(arr.shape).tolist()
+    return arr.reshape(-1).tolist() if flat else arr.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# v1 API
+
+
+def decode_v1_json(obj: Any, specs: Mapping[str, tuple[Any, list | None]] | None) -> dict[str, np.ndarray]:
+    """``{"inputs": {"x": [[...]]}}`` -> arrays. With ``specs`` (name -> (dtype, shape); dtype a
+    numpy name like "float32" or None; shape entries None/str/<=0 for dynamic dims, shape None for
+    unknown rank) lists become the spec's dtype (type-checked: strings for float32 are refused) and
+    rank and fixed dims are checked. Without specs numpy infers the dtype. Strings for ``object``
+    inputs stay ``str``; numbers for a ``bfloat16`` input become float32."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict):
+        raise CodecError('the request must be a JSON object {"inputs": {"<input name>": <nested list>, ...}}')
+    raw: dict[str, Any] = obj["inputs"]
+    if specs is not None:
+        _check_names(raw, list(specs))
+    out: dict[str, np.ndarray] = {}
+    for name, value in raw.items():
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, (int, float, str)) else value
+            scalar = True
+        else:
+            scalar = False
+        dtype_spec, shape_spec = specs[name] if specs is not None else (None, None)
+        dtype = _spec_dtype(dtype_spec)
+        if _BF16 is not None and dtype == _BF16:
+            dtype = np.dtype(np.float32)  # what the runtimes take for a bfloat16 input (see check_inputs)
+        if dtype is None:
+            arr = _infer_json(name, value)
+        else:
+            arr = _json_tensor(name, _dtype_label(dtype), dtype, value, text=True)
+            if arr.ndim == 1 and value and isinstance(value[0], list):  # came back flat: rebuild the nesting
+                arr = arr.reshape(_nested_shape(name, value))
+        if scalar:
+            arr = arr.reshape(())
+        if shape_spec is not None:
+            _check_shape(name, arr, shape_spec)
+        out[name] = arr
+    return out
+
+
+def _infer_json(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.array(value)
+    except (ValueError, TypeError):
+        raise CodecError(f"input {name!r} is not a regular nested list (rows of different lengths)") from None
+    if arr.dtype.kind not in "biufU":
+        raise CodecError(f"input {name!r} must be a nested list of numbers, booleans or strings")
+    return arr.astype(object) if arr.dtype.kind == "U" else arr
+
+
+def _nested_shape(name: str, value: list) -> list[int]:
+    """The shape of regular nested lists, level by level; ragged ones are a CodecError."""
+    shape: list[int] = []
+    level: list = [value]
+    while level and isinstance(level[0], list):
+        if not all(isinstance(x, list) for x in level) or len({len(x) for x in level}) != 1:
+            raise CodecError(f"input {name!r} is not a regular nested list (rows of different lengths)")
+        shape.append(len(level[0]))
+        level = [y for x in level for y in x]
+    if any(isinstance(x, list) for x in level):
+        raise CodecError(f"input {name!r} is not a regular nested list (rows of different lengths)")
+    return shape
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    """One array from ``.npy`` bytes. Pickles and object arrays are refused."""
+    head = bytes(body[:6])
+    if head != _NPY_MAGIC:
+        if head[:4] == _ZIP_MAGIC:
+            raise CodecError("expected one .npy array but the body is an .npz archive")
+        raise CodecError("the body is not a .npy file (it does not start with the .npy magic bytes)")
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except ValueError as e:
+        if "object" in str(e).lower():
+            raise CodecError("the .npy holds an array of Python objects (it needs pickle), which is refused; "
+                             "send numeric arrays") from None
+        raise CodecError(f"the body is not a valid .npy file: {e}") from None
+    except (OSError, EOFError) as e:
+        raise CodecError(f"the body is not a valid .npy file: {e}") from None
+    return arr
+
+
+def decode_npz(body: bytes, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays by name from ``.npz`` bytes (``x.npy`` -> "x"). Pickles and object arrays are
+    refused. ``max_bytes`` caps the uncompressed size (savez_compressed archives can inflate)."""
+    head = bytes(body[:6])
+    if head[:4] != _ZIP_MAGIC:
+        if head == _NPY_MAGIC:
+            raise CodecError("expected an .npz archive but the body is a single .npy array")
+        raise CodecError("the body is not an .npz archive (it does not start with the zip magic bytes)")
+    try:
+        npz = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise CodecError(f"the body is not a valid .npz archive: {e}") from None
+    with npz:
+        if max_bytes is not None:
+            size = sum(i.file_size for i in npz.zip.infolist())
+            if size > max_bytes:
+                raise CodecError(f"the .npz unpacks to {size} bytes, more than the {max_bytes} allowed")
+        out: dict[str, np.ndarray] = {}
+        for key in npz.files:
+            try:
+                arr = npz[key]
+            except ValueError as e:
+                if "object" in str(e).lower():
+                    raise CodecError(f"array {key!r} in the .npz holds Python objects (it needs pickle), "
+                                     "which is refused; send numeric arrays") from None
+                raise CodecError(f"array {key!r} in the .npz is not valid: {e}") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise CodecError(f"array {key!r} in the .npz is not valid: {e}") from None
+            if not isinstance(arr, np.ndarray):
+                raise CodecError(f"member {key!r} of the .npz is not a .npy array")
+            out[key] = arr
+    return out
+
+
+def encode_npz(outputs: Mapping[str, np.ndarray]) -> bytes:
+    """Outputs as an uncompressed ``.npz``, no pickles: object arrays of str become unicode
+    arrays and of bytes become ``S`` arrays (numpy drops trailing NUL bytes of ``S`` elements)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in outputs.items():
+            arr = np.asarray(value)
+            if arr.dtype.kind == "O":
+                arr = _object_to_fixed(name, arr)
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _object_to_fixed(name: str, arr: np.ndarray) -> np.ndarray:
+    items = arr.reshape(-1).tolist()
+    if all(isinstance(x, str) for x in items):
+        return np.array(items, dtype=str).reshape(arr.shape)
+    if all(isinstance(x, bytes) for x in items):
+        return np.array(items, dtype=bytes).reshape(arr.shape)
+    raise CodecError(f"output {name!r} holds Python objects that can't be written to .npz")
+
+
+def encode_v1_json(outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``{"outputs": {name: nested list}}``; BF16 as floats, bytes as UTF-8 strings."""
+    out: dict[str, Any] = {}
+    for name, value in outputs.items():
+        arr = np.asarray(value)
+        try:
+            datatype = datatype_of(arr.dtype)
+        except CodecError as e:
+            raise CodecError(f"output {name!r}: {e}") from None
+        out[name] = _to_json_list(name, arr, datatype, flat=False)
+    return {"outputs": out}
+
+
+# --------------------------------------------------------------------------------------------
+# checks against a model's input specs
+
+
+def check_inputs(inputs: Mapping[str, np.ndarray], specs: Iterable[Any]) -> None:
+    """Check decoded inputs against the model's specs: ``(name, dtype, shape)`` tuples or objects
+    with those attributes (IOSpec). dtype None = anything; a ``bfloat16`` input also takes float32
+    (runtimes without bfloat16 get float32) and an ``object`` one any str/bytes array. No casting:
+    a float64 tensor for a float32 input is an error. Shape None = any rank; dims None, str or <= 0
+    are dynamic."""
+    specs = [tuple(s) if isinstance(s, tuple | list) else (s.name, s.dtype, s.shape) for s in specs]
+    _check_names(inputs, [s[0] for s in specs])
+    for name, dtype_spec, shape_spec in specs:
+        arr = inputs[name]
+        want = _spec_dtype(dtype_spec)
+        if want is not None and not _dtype_ok(arr.dtype, want):
+            raise CodecError(f"input {name!r}: expected dtype {_dtype_label(want)}, got {_dtype_label(arr.dtype)}")
+        if shape_spec is not None:
+            _check_shape(name, arr, shape_spec)
+
+
+def _check_names(given: Iterable[str], expected: list[str]) -> None:
+    given = list(given)
+    listing = ", ".join(repr(n) for n in expected) or "none"
+    unknown = [n for n in given if n not in expected]
+    if unknown:
+        raise CodecError(f"unknown input {unknown[0]!r}; the model's inputs are: {listing}")
+    missing = [n for n in expected if n not in given]
+    if missing:
+        which = ", ".join(repr(n) for n in missing)
+        raise CodecError(f"missing input{'s' if len(missing) > 1 else ''} {which}; the model's inputs are: {listing}")
+
+
+def _spec_dtype(spec: Any) -> np.dtype | None:
+    """A spec's dtype (numpy name, v2 name or dtype) as numpy; None when absent or not understood."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec in DATATYPES:
+            return DATATYPES[spec]
+        if spec in _BYTES_DTYPE_NAMES:
+            return np.dtype(object)
+    try:
+        return np.dtype(spec)
+    except TypeError:
+        return None
+
+
+def _dtype_ok(got: np.dtype, want: np.dtype) -> bool:
+    if got == want:
+        return True
+    if want.kind == "O":
+        return got.kind in "OSU"
+    return _BF16 is not None and want == _BF16 and got == np.float32
+
+
+def _dtype_label(dt: np.dtype) -> str:
+    try:
+        return f"{dt.name} ({datatype_of(dt)})" if dt.kind != "O" else "object (BYTES)"
+    except CodecError:
+        return dt.name
+
+
+def _is_dynamic(dim: Any) -> bool:
+    return dim is None or isinstance(dim, str) or (isinstance(dim, int) and dim <= 0)
+
+
+def _fmt_shape(shape: list) -> str:
+    return "[" + ", ".join("?" if d is None or (isinstance(d, int) and d <= 0) else str(d) for d in shape) + "]"
+
+
+def _check_shape(name: str, arr: np.ndarray, shape: list) -> None:
+    if arr.ndim != len(shape):
+        raise CodecError(f"input {name!r}: expected rank {len(shape)} (shape {_fmt_shape(shape)}), "
+                         f"got rank {arr.ndim} (shape {list(arr.shape)})")
+    for i, (want, got) in enumerate(zip(shape, arr.shape, strict=True)):
+        if not _is_dynamic(want) and want != got:
+            raise CodecError(f"input {name!r}: dim {i} must be {want}, got {got} "
+                             f"(expected shape {_fmt_shape(shape)}, got {list(arr.shape)})")
+
+
+__all__ = [
+    "DATATYPES", "CodecError", "V2Request", "check_inputs", "datatype_of", "decode_npy", "decode_npz",
+    "decode_v1_json", "decode_v2_request", "encode_npz", "encode_v1_json", "encode_v2_response",
+    "numpy_dtype",
+]

@@ -1,0 +1,102 @@
+"""Prometheus metrics, named after Triton's so dashboards translate:
+
+| modelport | Triton |
+| --- | --- |
+| modelport_inference_request_success_total | nv_inference_request_success |
+| modelport_inference_request_failure_total | nv_inference_request_failure |
+| modelport_inference_count_total (samples) | nv_inference_count |
+| modelport_inference_exec_count_total (model executions) | nv_inference_exec_count |
+| modelport_inference_request_duration_seconds | nv_inference_request_duration_us |
+| modelport_inference_queue_duration_seconds | nv_inference_queue_duration_us |
+| modelport_inference_compute_duration_seconds | nv_inference_compute_infer_duration_us |
+| modelport_inference_batch_size | (Triton: exec_count vs inference_count) |
+
+Triton exports cumulative microsecond counters; these are histograms in seconds, from which the
+same averages follow (``_sum / _count``) along with percentiles. Job metrics are read from the
+catalog at scrape time, so every replica reports the same numbers."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, db=None):
+        self.registry = CollectorRegistry()
+        labels = ("model", "version")
+        self.success = Counter("modelport_inference_request_success", "Successful inference requests "
+                               "(nv_inference_request_success)", labels, registry=self.registry)
+        self.failure = Counter("modelport_inference_request_failure", "Failed inference requests "
+                               "(nv_inference_request_failure)", (*labels, "reason"), registry=self.registry)
+        self.count = Counter("modelport_inference_count", "Inferences performed: samples, a batch of n counts n "
+                             "(nv_inference_count)", labels, registry=self.registry)
+        self.exec_count = Counter("modelport_inference_exec_count", "Model executions: a dynamic batch counts 1 "
+                                  "(nv_inference_exec_count)", labels, registry=self.registry)
+        self.request = Histogram("modelport_inference_request_duration_seconds", "End-to-end request time in the "
+                                 "server (nv_inference_request_duration_us)", labels, buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.queue = Histogram("modelport_inference_queue_duration_seconds", "Time waiting in the dynamic batcher "
+                               "(nv_inference_queue_duration_us)", labels, buckets=LATENCY_BUCKETS,
+                               registry=self.registry)
+        self.compute = Histogram("modelport_inference_compute_duration_seconds", "Model execution time "
+                                 "(nv_inference_compute_infer_duration_us)", labels, buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.batch = Histogram("modelport_inference_batch_size", "Rows per model execution", labels,
+                               buckets=BATCH_BUCKETS, registry=self.registry)
+        if db is not None:
+            self.registry.register(_JobCollector(db))
+
+    def batch_observer(self, model: str, version: str):
+        q, c, b, e, n = (m.labels(model, version) for m in (self.queue, self.compute, self.batch, self.exec_count,
+                                                             self.count))
+
+        def observe(stats) -> None:
+            q.observe(stats.queue_ms / 1000)
+            c.observe(stats.compute_ms / 1000)
+            b.observe(stats.size)
+            e.inc()
+            n.inc(stats.size)
+
+        return observe
+
+    def unbatched(self, model: str, version: str, rows: int, compute_s: float) -> None:
+        self.compute.labels(model, version).observe(compute_s)
+        self.batch.labels(model, version).observe(rows)
+        self.exec_count.labels(model, version).inc()
+        self.count.labels(model, version).inc(rows)
+
+
+class _JobCollector:
+    def __init__(self, db):
+        self.db = db
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from sqlalchemy import func, select
+
+        from app.catalog.tables import Job
+
+        jobs = GaugeMetricFamily("modelport_jobs", "Conversion jobs by state", labels=["status"])
+        durations = SummaryMetricFamily("modelport_job_duration_seconds", "Finished jobs: creation to finish",
+                                        labels=["status"])
+        try:
+            with self.db.session() as s:
+                for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
+                    jobs.add_metric([status], n)
+                rows = s.execute(select(Job.status, Job.created_at, Job.finished_at)
+                                 .where(Job.finished_at.is_not(None))).all()
+        except Exception:  # a scrape must not fail because the catalog blinked
+            return
+        agg: dict[str, list[float]] = {}
+        for status, created, finished in rows:
+            agg.setdefault(status, []).append(max(0.0, (finished - created).total_seconds()))
+        for status, values in agg.items():
+            durations.add_metric([status], len(values), sum(values))
+        yield jobs
+        yield durations

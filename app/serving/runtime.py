@@ -1,0 +1,220 @@
+"""Loaded deployments: the runner cache (memory budget, LRU eviction), one dynamic batcher per
+deployment, and the predict call. Inference runs on a thread pool, never on the event loop.
+
+Several API replicas serve the same deployments: each replica loads what it is asked for from the
+catalog and the object store (lazily, or all ready ones at start with MODELPORT_SERVING_LOAD=eager)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.catalog import repo
+from app.storage import blob_key
+
+log = logging.getLogger("modelport.serving")
+
+
+class ServingError(Exception):
+    def __init__(self, status: int, message: str, code: str = "serving_error"):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+@dataclass
+class Loaded:
+    deployment_id: str
+    name: str
+    version: int
+    format: str
+    runner: Any
+    inputs: list  # IOSpec
+    outputs: list
+    batcher: Any | None
+    batching_note: str
+    size_bytes: int
+    load_ms: float
+    last_used: float = field(default_factory=time.monotonic)
+
+    def specs(self) -> list[tuple[str, str | None, list | None]]:
+        return [(s.name, s.dtype, s.shape) for s in self.inputs]
+
+
+def _dynamic_batch(specs) -> bool:
+    return bool(specs) and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
+
+
+class ModelCache:
+    def __init__(self, settings, db, store, metrics=None):
+        self.settings, self.db, self.store, self.metrics = settings, db, store, metrics
+        self.executor = ThreadPoolExecutor(max_workers=settings.serving_threads or (os.cpu_count() or 2),
+                                           thread_name_prefix="modelport-infer")
+        self.loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self.lock = threading.Lock()
+        self.root = settings.resolved_data_dir / "serving"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._names: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+
+    # ------------------------------------------------------------------ catalog lookups (cached)
+
+    def versions(self, name: str, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """The deployment's versions, newest first (cached for a second: no query per request)."""
+        hit = self._names.get(name)
+        now = time.monotonic()
+        if hit and not fresh and now - hit[0] < 1.0:
+            return hit[1]
+        with self.db.session() as s:
+            rows = [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
+                     "runtime": d.runtime, "batching": d.batching, "reason": d.reason}
+                    for d in repo.deployment_versions(s, name)]
+        self._names[name] = (now, rows)
+        return rows
+
+    def invalidate(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def resolve(self, name: str, version: str | int | None) -> dict[str, Any]:
+        rows = self.versions(name)
+        if not rows:
+            rows = self.versions(name, fresh=True)
+        if not rows:
+            raise ServingError(404, f"no deployment named '{name}'", "deployment_not_found")
+        if version not in (None, ""):
+            try:
+                v = int(version)
+            except (TypeError, ValueError):
+                raise ServingError(400, f"version must be an integer, got {version!r}", "bad_version") from None
+            row = next((r for r in rows if r["version"] == v), None)
+            if row is None:
+                raise ServingError(404, f"deployment '{name}' has no version {v} "
+                                   f"(versions: {', '.join(str(r['version']) for r in rows)})", "version_not_found")
+            if row["status"] != "ready":
+                raise ServingError(503, f"deployment '{name}' version {v} is {row['status']}"
+                                   + (f": {row['reason']}" if row.get("reason") else ""), "version_not_ready")
+            return row
+        ready = [r for r in rows if r["status"] == "ready"]
+        if not ready:
+            raise ServingError(503, f"deployment '{name}' has no ready version ("
+                               + ", ".join(f"v{r['version']} {r['status']}" for r in rows) + ")", "not_ready")
+        return ready[0]
+
+    # ------------------------------------------------------------------ loading
+
+    def get(self, row: dict[str, Any], name: str) -> Loaded:
+        with self.lock:
+            lm = self.loaded.get(row["id"])
+            if lm is not None:
+                self.loaded.move_to_end(row["id"])
+                lm.last_used = time.monotonic()
+                return lm
+        lm = self.load(row["id"])
+        return lm
+
+    def load(self, deployment_id: str) -> Loaded:
+        """Load (or return) a deployment's runner. Raises on failure with the runtime's reason."""
+        from app.runners import open_runner
+        from app.serving.batcher import Batcher
+
+        with self.lock:
+            if deployment_id in self.loaded:
+                return self.loaded[deployment_id]
+        with self.db.session() as s:
+            d = repo.get_deployment(s, deployment_id)
+            if d is None:
+                raise ServingError(404, "deployment was deleted", "deployment_not_found")
+            art = repo.get_artifact(s, d.artifact_id)
+            files = [(f.path, f.sha256) for f in art.files]
+            fmt, primary, size = art.format, art.primary_file, art.size_bytes
+            name, version, runtime, batching = d.name, d.version, dict(d.runtime), dict(d.batching)
+        folder = self.root / art.id
+        if not (folder / ".complete").exists():
+            tmp = self.root / f".{art.id}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            for path, sha in files:
+                dest = tmp / path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.store.get_to_path(blob_key(sha), dest)
+            (tmp / ".complete").touch()
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        t = time.perf_counter()
+        runner = open_runner(fmt, folder, [p for p, _ in files], primary,
+                             precision=runtime.get("precision", "fp32"), threads=runtime.get("threads"))
+        load_ms = (time.perf_counter() - t) * 1000
+        inputs, outputs = runner.inputs(), runner.outputs()
+        batcher, note = None, "unbatched (no batching configured)"
+        mbs = int(batching.get("max_batch_size") or 1)
+        if mbs > 1:
+            if _dynamic_batch(inputs):
+                on_batch = self.metrics.batch_observer(name, str(version)) if self.metrics else None
+                batcher = Batcher(runner.run, max_batch_size=mbs,
+                                  max_queue_delay_ms=float(batching.get("max_queue_delay_ms", 0)),
+                                  executor=self.executor, on_batch=on_batch)
+                note = f"dynamic batching up to {mbs} rows, {batching.get('max_queue_delay_ms', 0)} ms delay"
+            else:
+                note = "served unbatched: the model has no dynamic batch dimension"
+        lm = Loaded(deployment_id, name, version, fmt, runner, inputs, outputs, batcher, note, size, load_ms)
+        with self.lock:
+            self.loaded[deployment_id] = lm
+            self._evict()
+        return lm
+
+    def _evict(self) -> None:
+        budget = self.settings.serving_memory_budget_mb * 1024 * 1024
+        while len(self.loaded) > 1 and sum(m.size_bytes for m in self.loaded.values()) > budget:
+            _, victim = self.loaded.popitem(last=False)
+            log.info("evicting %s v%s (LRU, memory budget)", victim.name, victim.version)
+            self._close(victim)
+
+    def _close(self, lm: Loaded) -> None:
+        if lm.batcher is not None:  # drain what it holds, then let go of the runner
+            async def drain() -> None:
+                await lm.batcher.close()
+                lm.runner.close()
+
+            with contextlib.suppress(RuntimeError):  # no running loop here: hand it to the app's loop
+                asyncio.get_running_loop().create_task(drain())
+                return
+            if self.loop is not None:
+                asyncio.run_coroutine_threadsafe(drain(), self.loop)
+                return
+        lm.runner.close()
+
+    def unload(self, deployment_ids: list[str]) -> None:
+        with self.lock:
+            victims = [self.loaded.pop(i) for i in deployment_ids if i in self.loaded]
+        for v in victims:
+            self._close(v)
+
+    # ------------------------------------------------------------------ inference
+
+    async def predict(self, lm: Loaded, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if lm.batcher is not None:
+            return await lm.batcher.submit(feeds)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lm.runner.run, feeds)
+
+    async def close(self) -> None:
+        with self.lock:
+            items = list(self.loaded.values())
+            self.loaded.clear()
+        for lm in items:
+            if lm.batcher is not None:
+                await lm.batcher.close()
+            lm.runner.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
