@@ -16,8 +16,8 @@ class RunnerUnavailable(Exception):
 @dataclass
 class IOSpec:
     name: str
-    dtype: str  # numpy dtype name: float32, int64, …
-    shape: list[int | str | None]  # int fixed; str symbolic; None unknown
+    dtype: str | None  # numpy dtype name: float32, int64, …; None when the runtime does not record it
+    shape: list[int | str | None] | None  # int fixed; str symbolic; None unknown (the whole list: unknown rank)
 
 
 @dataclass
@@ -25,19 +25,23 @@ class RunnerInfo:
     runtime: str  # "onnxruntime", "openvino", "torch", "litert", …
     version: str
     precision: str  # the precision it actually computes in, pinned: fp32, fp16, bf16, int8
-    threads: int | None
+    threads: int | None  # None when the runtime does not let us set it (Core ML)
     device: str = "cpu"
     details: dict[str, Any] = field(default_factory=dict)
 
 
 class Runner(ABC):
+    """Implementations set ``info``, ``_inputs`` and ``_outputs`` (or override the two methods)."""
+
     info: RunnerInfo
+    _inputs: list[IOSpec]
+    _outputs: list[IOSpec]
 
-    @abstractmethod
-    def inputs(self) -> list[IOSpec]: ...
+    def inputs(self) -> list[IOSpec]:
+        return list(self._inputs)
 
-    @abstractmethod
-    def outputs(self) -> list[IOSpec]: ...
+    def outputs(self) -> list[IOSpec]:
+        return list(self._outputs)
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -66,12 +66,6 @@ class CoreMLRunner(Runner):
                                details={"compute_units": _UNITS[precision], "requested_threads": threads,
                                         "threads_note": "Core ML chooses its own threads (not settable)"})
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = self._model.predict({s.name: feeds[s.name] for s in self._inputs})
         return {k: np.asarray(v) for k, v in res.items()}

@@ -91,12 +91,6 @@ class OnnxRuntimeRunner(Runner):
         self.info = RunnerInfo(runtime="onnxruntime", version=ort.__version__, precision=model_precision,
                                threads=n, details=details)
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [s.name for s in self._inputs if s.name not in feeds]
         if missing:

@@ -112,12 +112,6 @@ class OpenVinoRunner(Runner):
         self.info = RunnerInfo(runtime="openvino", version=ov.get_version(), precision=recorded, threads=n,
                                device=device.lower(), details=details)
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [s.name for s in self._inputs if s.name not in feeds]
         if missing:

@@ -71,12 +71,6 @@ class TensorRTRunner(Runner):
                                details={"gpu": torch.cuda.get_device_name(), "wrapper_metadata": meta,
                                         "precision_note": "fixed when the engine was built; as named by the caller"})
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         keep = []

@@ -119,12 +119,6 @@ class TfliteRunner(Runner):
         self.info = RunnerInfo(runtime=runtime, version=version, precision=model_precision, threads=n,
                                details=details)
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [d["name"] for d in self._in if d["name"] not in feeds]
         if missing:

@@ -69,12 +69,6 @@ class TorchExportRunner(Runner):
         self.info = pinned_info(torch, precision, model_precision, counts, self._threads,
                                 user_inputs=list(sig.user_inputs), user_outputs=list(sig.user_outputs))
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         missing = [s.name for s in self._inputs if s.name not in feeds]

@@ -136,12 +136,6 @@ class TorchScriptRunner(Runner):
             return [IOSpec(f"output_{i}", None, None) for i in range(len(t.elements()))]
         return []  # lists/dicts: known after the first run
 
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         missing = [s.name for s in self._inputs if s.name not in feeds]
