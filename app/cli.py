@@ -30,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         import uvicorn
 
-        from app.main import create_app
+        from app.serving.fastpath import create_asgi
 
-        uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                    log_level=settings.log_level, http="httptools")
+        # no per-request access log or proxy-header rewriting on the hot path (set log level debug for
+        # request logs); the inference routes bypass FastAPI's routing (app.serving.fastpath)
+        uvicorn.run(create_asgi(settings), host=args.host or settings.host, port=args.port or settings.port,
+                    log_level=settings.log_level, http="httptools", access_log=settings.log_level == "debug",
+                    proxy_headers=False, server_header=False)
         return 0
     if args.cmd == "db":
         from app.catalog.db import Database, downgrade, upgrade

@@ -136,21 +136,20 @@ def delete_deployment(name: str, request: Request, db: DatabaseDep):
     request.app.state.models.invalidate(name)
 
 
-@router.post("/v1/deployments/{name}/predict")
-async def predict(name: str, request: Request, version: Annotated[str | None, Query()] = None):
-    """Inputs as JSON ``{"inputs": {"x": [[...]]}}``, one ``.npy`` (a single-input model) or an ``.npz``
-    (several); outputs as JSON, or ``.npz`` with ``Accept: application/x-npz``."""
+async def run_predict(state, name: str, version: str | None, content_type: str, accept: str,
+                      body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One v1 prediction, independent of the HTTP framework: (status, headers, body). Used by the
+    FastAPI route and by the ASGI fast path (app.serving.fastpath) alike."""
     from app.serving import codec
 
-    cache, metrics = request.app.state.models, request.app.state.metrics
+    cache, metrics = state.models, state.metrics
     started = time.perf_counter()
     labels = (name, str(version or ""))
     try:
         row = cache.resolve(name, version)
         labels = (name, str(row["version"]))
         lm = cache.get(row, name) if row["id"] in cache.loaded else await anyio.to_thread.run_sync(cache.get, row, name)
-        body = await request.body()
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = content_type.split(";")[0].strip().lower()
         if ctype in ("application/x-npz",) or (not ctype.endswith("json") and body[:4] == ZIP_MAGIC):
             feeds = codec.decode_npz(body)
         elif ctype in ("application/x-npy",) or (not ctype.endswith("json") and body[:6] == NPY_MAGIC):
@@ -160,7 +159,7 @@ async def predict(name: str, request: Request, version: Annotated[str | None, Qu
             feeds = {lm.inputs[0].name: codec.decode_npy(body)}
         else:
             try:
-                obj = json.loads(body)
+                obj = codec.loads(body)
             except ValueError as e:
                 raise codec.CodecError(f"the body is not JSON, .npy or .npz: {e}") from None
             feeds = codec.decode_v1_json(obj, {s.name: (s.dtype, s.shape) for s in lm.inputs})
@@ -168,22 +167,37 @@ async def predict(name: str, request: Request, version: Annotated[str | None, Qu
         t = time.perf_counter()
         outputs = await cache.predict(lm, feeds)
         if lm.batcher is None:
-            rows = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
-            metrics.unbatched(*labels, rows, time.perf_counter() - t)
+            first = next(iter(feeds.values()), None)
+            metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
+                              time.perf_counter() - t)
     except ServingError as e:
         metrics.failure.labels(*labels, e.code).inc()
-        raise _as_error(e) from None
+        return _error(_as_error(e))
     except codec.CodecError as e:
         metrics.failure.labels(*labels, "bad_input").inc()
-        raise BadRequest(str(e), code="bad_input") from None
+        return _error(BadRequest(str(e), code="bad_input"))
     except Exception as e:
         metrics.failure.labels(*labels, "inference_error").inc()
-        raise Unprocessable(f"inference failed: {type(e).__name__}: {e}"[:2000], code="inference_failed") from None
+        return _error(Unprocessable(f"inference failed: {type(e).__name__}: {e}"[:2000], code="inference_failed"))
     metrics.success.labels(*labels).inc()
     metrics.request.labels(*labels).observe(time.perf_counter() - started)
-    if "application/x-npz" in request.headers.get("accept", ""):
-        return Response(codec.encode_npz(outputs), media_type="application/x-npz")
-    return Response(json.dumps(codec.encode_v1_json(outputs), separators=(",", ":")), media_type="application/json")
+    if "application/x-npz" in accept:
+        return 200, {"content-type": "application/x-npz"}, codec.encode_npz(outputs)
+    return 200, {"content-type": "application/json"}, codec.dumps_v1(outputs)
+
+
+def _error(err: ModelportError) -> tuple[int, dict[str, str], bytes]:
+    return err.status_code, {"content-type": "application/json"}, json.dumps(err.to_dict()).encode()
+
+
+@router.post("/v1/deployments/{name}/predict")
+async def predict(name: str, request: Request, version: Annotated[str | None, Query()] = None):
+    """Inputs as JSON ``{"inputs": {"x": [[...]]}}``, one ``.npy`` (a single-input model) or an ``.npz``
+    (several); outputs as JSON, or ``.npz`` with ``Accept: application/x-npz``."""
+    status, headers, payload = await run_predict(
+        request.app.state, name, version, request.headers.get("content-type", ""),
+        request.headers.get("accept", ""), await request.body())
+    return Response(payload, status_code=status, headers=headers)
 
 
 def _as_error(e: ServingError) -> ModelportError:

@@ -4,6 +4,7 @@ unchanged. Errors are ``{"error": "..."}``. Requests without a Content-Type are 
 
 from __future__ import annotations
 
+import json
 import time
 
 import anyio
@@ -42,11 +43,7 @@ def ready(request: Request):
 
 
 async def _loaded(request: Request, name: str, version: str | None):
-    cache = request.app.state.models
-    row = cache.resolve(name, version)
-    if row["id"] in cache.loaded:
-        return row, cache.get(row, name)
-    return row, await anyio.to_thread.run_sync(cache.get, row, name)
+    return await _loaded_state(request.app.state, name, version)
 
 
 def _tensor_meta(specs) -> list[dict]:
@@ -100,25 +97,39 @@ def model_version_ready(name: str, version: str, request: Request):
     return _ready(request, name, version)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def _loaded_state(state, name: str, version: str | None):
+    cache = state.models
+    row = cache.resolve(name, version)
+    if row["id"] in cache.loaded:
+        return row, cache.get(row, name)
+    return row, await anyio.to_thread.run_sync(cache.get, row, name)
+
+
+def _error_body(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
+    return status, {"content-type": "application/json"}, json.dumps({"error": message}).encode()
+
+
+async def run_infer(state, name: str, version: str | None, header_length: str | None,
+                body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One v2 inference, independent of the HTTP framework: (status, headers, body). Used by the
+    FastAPI route and by the ASGI fast path (app.serving.fastpath) alike."""
     from app.serving import codec
 
-    metrics = request.app.state.metrics
+    metrics = state.metrics
     started = time.perf_counter()
     labels = (name, str(version or ""))
     try:
-        row, lm = await _loaded(request, name, version)
+        row, lm = await _loaded_state(state, name, version)
         labels = (name, str(row["version"]))
-        body = await request.body()
-        hl = request.headers.get("inference-header-content-length")
         try:
-            header_length = int(hl) if hl is not None else None
+            hl = int(header_length) if header_length is not None else None
         except ValueError:
-            raise codec.CodecError(f"Inference-Header-Content-Length must be an integer, got {hl!r}") from None
-        req = codec.decode_v2_request(body, header_length)
+            raise codec.CodecError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") \
+                from None
+        req = codec.decode_v2_request(body, hl)
         codec.check_inputs(req.inputs, lm.specs())
         t = time.perf_counter()
-        outputs = await request.app.state.models.predict(lm, req.inputs)
+        outputs = await state.models.predict(lm, req.inputs)
         if lm.batcher is None:
             first = next(iter(req.inputs.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
@@ -134,16 +145,23 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                                                     requested=requested)
     except ServingError as e:
         metrics.failure.labels(*labels, e.code).inc()
-        return _err(404 if e.status == 404 else 400, e.message)
+        return _error_body(404 if e.status == 404 else 400, e.message)
     except codec.CodecError as e:
         metrics.failure.labels(*labels, "bad_input").inc()
-        return _err(400, str(e))
+        return _error_body(400, str(e))
     except Exception as e:
         metrics.failure.labels(*labels, "inference_error").inc()
-        return _err(500, f"inference failed: {type(e).__name__}: {e}"[:2000])
+        return _error_body(500, f"inference failed: {type(e).__name__}: {e}"[:2000])
     metrics.success.labels(*labels).inc()
     metrics.request.labels(*labels).observe(time.perf_counter() - started)
-    return Response(payload, headers=headers)
+    return 200, {k.lower(): v for k, v in headers.items()}, payload
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    status, headers, payload = await run_infer(request.app.state, name, version,
+                                           request.headers.get("inference-header-content-length"),
+                                           await request.body())
+    return Response(payload, status_code=status, headers=headers)
 
 
 @router.post("/models/{name}/infer")

@@ -130,7 +130,7 @@ def stop(proc: subprocess.Popen | None) -> None:
 
 
 def spawn(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    f = open(log, "wb")
+    f = open(log, "wb")  # noqa: SIM115 - handed to the child; closed with the process
     return subprocess.Popen(cmd, env=env, cwd=cwd or ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -586,7 +586,8 @@ def main() -> int:
                         f"load: wrk -t1 -c1 (1 client) and -t2 -c16 (16 clients), {args.warmup:g} s warm-up at 16 "
                         f"clients then {args.duration:g} s per point; same fixed body every request"]
     skipped: dict[str, str] = {}
-    print(f"[bench] work dir {work}", flush=True)
+    load0 = os.getloadavg()
+    print(f"[bench] work dir {work}; load average {load0[0]:.2f}", flush=True)
     try:
         if not args.no_raw:
             for m in model_names:
@@ -647,7 +648,8 @@ def main() -> int:
             ort_v = "?"
         print()
         print(f"host: {platform.node()} {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-              f"onnxruntime {ort_v}; {time.time() - started:.0f} s total")
+              f"onnxruntime {ort_v}; {time.time() - started:.0f} s total; load average (1 min) "
+              f"{load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end (other processes share the cores)")
         print(table)
         for n in notes:
             print(f"note: {n}")

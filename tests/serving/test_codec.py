@@ -493,3 +493,120 @@ def test_non_finite_floats_round_trip_as_json():
     req = codec.decode_v2_request(b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[NaN,-Infinity]}]}',
                                   None)
     assert np.isnan(req.inputs["x"][0]) and req.inputs["x"][1] == -np.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON helpers: orjson when importable, stdlib json otherwise (both paths give the same results)
+
+
+@pytest.fixture(params=[True, False], ids=["orjson", "stdlib"])
+def json_impl(request, monkeypatch):
+    if request.param:
+        pytest.importorskip("orjson")
+    monkeypatch.setattr(codec, "_USE_ORJSON", request.param)
+    return request.param
+
+
+def test_orjson_is_used_when_installed():
+    pytest.importorskip("orjson")
+    assert codec._USE_ORJSON
+    assert codec.dumps({"y": np.array([0.1], np.float32)}) == b'{"y":[0.1]}'  # shortest float32 text
+
+
+def test_loads_accepts_what_stdlib_accepts(json_impl):
+    doc = {"a": [1, 2.5, -3e-7, True, None, "h\u00e9llo \u2603"], "b": {"c": 2**64 - 1, "d": -2**63}}
+    raw = json.dumps(doc).encode()
+    assert codec.loads(raw) == doc
+    assert codec.loads(bytearray(raw)) == doc and codec.loads(memoryview(raw)) == doc
+    assert codec.loads(raw.decode()) == doc
+    nonfinite = codec.loads(b"[NaN, Infinity, -Infinity]")  # stdlib extensions orjson refuses
+    assert np.isnan(nonfinite[0]) and nonfinite[1:] == [np.inf, -np.inf]
+    assert codec.loads(b'"\\ud800"') == "\ud800"  # lone surrogate
+    assert codec.loads('{"x": [1]}'.encode("utf-16")) == {"x": [1]}  # stdlib detects UTF-16/32
+
+
+@pytest.mark.parametrize("bad", [b'{"inputs": [', b"[1] x", b"\xff\xfe\x00", b"", b"[" * 100_000])
+def test_loads_raises_value_error_like_stdlib(json_impl, bad):
+    with pytest.raises(ValueError) as e:
+        codec.loads(bad)
+    try:
+        json.loads(bad)
+    except json.JSONDecodeError as want:  # the same message as stdlib's
+        assert str(e.value) == str(want)
+    except RecursionError:
+        assert "nested too deeply" in str(e.value)
+    except ValueError as want:
+        assert str(e.value) == str(want)
+
+
+NUMERIC = [d for d in ALL if d not in ("BYTES", "BF16")]
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_dumps_arrays_as_lists(json_impl, datatype):
+    x = sample(datatype, (2, 3, 4))
+    for arr in (x, x[:, ::2], x.transpose(2, 0, 1), x.astype(x.dtype.newbyteorder(">")), x[0, 0, 0]):
+        got = json.loads(codec.dumps({"t": arr}))["t"]
+        assert np.array_equal(np.array(got, dtype=x.dtype), arr), arr.dtype
+        assert json.loads(codec.dumps(arr)) == got
+
+
+def test_dumps_non_finite_and_fallbacks(json_impl):
+    y = np.array([np.nan, np.inf, -np.inf, 1.5], np.float32)
+    assert codec.dumps({"y": y}) == b'{"y":[NaN,Infinity,-Infinity,1.5]}'  # as stdlib; orjson would write null
+    assert codec.dumps([1.0, float("nan")]) == b"[1.0,NaN]"
+    assert codec.dumps({"s": "\ud800", "n": 2**70}) == b'{"s":"\\ud800","n":1180591620717411303424}'
+    assert json.loads(codec.dumps({"e": np.zeros((2, 0), np.int8), "z": np.float64(1.25)})) == {"e": [[], []], "z": 1.25}
+    with pytest.raises(TypeError):
+        codec.dumps({"o": object()})
+
+
+@pytest.mark.parametrize("datatype", ALL)
+def test_dumps_v1_matches_encode_v1_json(json_impl, datatype):
+    y = sample(datatype, (2, 3))
+    outs = {"y": y, "t": y.T, "s": y[0, 0]}
+    got = json.loads(codec.dumps_v1(outs))
+    want = codec.encode_v1_json(outs)
+    assert list(got["outputs"]) == ["y", "t", "s"]
+    for name, value in want["outputs"].items():
+        if datatype in ("BYTES", "BOOL") or y.dtype.kind in "iu":
+            assert got["outputs"][name] == value
+        else:  # floats: the shortest text for the dtype, so compare at that precision
+            as_f32 = np.float32 if datatype == "BF16" else y.dtype
+            assert np.array_equal(np.array(got["outputs"][name], as_f32), np.array(value, as_f32))
+    raises(lambda: codec.dumps_v1({"c": np.zeros(2, np.complex64)}), "output 'c'", "complex64")
+    raises(lambda: codec.dumps_v1({"b": np.array([b"\xff"], dtype=object)}), "output 'b'", "not UTF-8")
+
+
+def test_dumps_v1_non_finite(json_impl):
+    body = codec.dumps_v1({"y": np.array([[np.nan, 1]], np.float32)})
+    assert body == b'{"outputs":{"y":[[NaN,1.0]]}}'
+
+
+@pytest.mark.parametrize("datatype", ALL)
+def test_json_paths_agree_between_orjson_and_stdlib(monkeypatch, datatype):
+    pytest.importorskip("orjson")
+    y = sample(datatype, (3, 2))
+    req_body, hl = v2([{"name": "x", "shape": [3, 2], "datatype": datatype,
+                        "data": json.loads(codec.dumps(codec._to_json_list("x", y, datatype, flat=True)))}],
+                      id="r", outputs=[{"name": "y"}])
+    fast_req = codec.decode_v2_request(req_body, hl)
+    fast_res = parse(*codec.encode_v2_response("m", "1", "r", {"y": y}))
+    monkeypatch.setattr(codec, "_USE_ORJSON", False)
+    slow_req = codec.decode_v2_request(req_body, hl)
+    slow_res = parse(*codec.encode_v2_response("m", "1", "r", {"y": y}))
+    assert_same(fast_req.inputs["x"], slow_req.inputs["x"])
+    assert (fast_req.id, fast_req.requested) == (slow_req.id, slow_req.requested)
+    assert_same(fast_res.as_numpy("y"), y)
+    assert_same(slow_res.as_numpy("y"), y)
+
+
+def test_v2_decode_errors_under_stdlib_fallback(monkeypatch):
+    monkeypatch.setattr(codec, "_USE_ORJSON", False)
+    raises(lambda: codec.decode_v2_request(b'{"inputs": [', None), "not valid JSON")
+    raises(lambda: codec.decode_v2_request(b"[" * 100_000, None), "not valid JSON")
+    raw = np.zeros(2, np.float32).tobytes()
+    body, _ = v2([{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}], raw)
+    raises(lambda: codec.decode_v2_request(body, None), "not valid JSON", "Inference-Header-Content-Length")
+    req = codec.decode_v2_request(body, len(body) - 8)
+    assert req.inputs["x"].tolist() == [0, 0]

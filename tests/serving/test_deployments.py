@@ -37,12 +37,12 @@ def server(tmp_path_factory):
     import uvicorn
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from app.serving.fastpath import create_asgi
     from tests.conftest import make_settings
 
     tmp = tmp_path_factory.mktemp("serving")
     settings = make_settings(tmp)
-    app = create_app(settings)
+    app = create_asgi(settings)  # as `modelport serve` runs it: inference routes on the ASGI fast path
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
