@@ -41,7 +41,8 @@ def server(tmp_path_factory):
     from tests.conftest import make_settings
 
     tmp = tmp_path_factory.mktemp("serving")
-    settings = make_settings(tmp)
+    # every request through the thread pool and the batcher here; the inline path has its own test
+    settings = make_settings(tmp, serving_inline_us=0)
     app = create_asgi(settings)  # as `modelport serve` runs it: inference routes on the ASGI fast path
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -232,3 +233,24 @@ def test_metrics_and_delete(server):
     assert 'modelport_jobs{status="succeeded"}' in text
     assert c.delete("/v1/deployments/gone").status_code == 204
     assert c.post("/v1/deployments/gone/predict", json={"inputs": {"x": [[0.0] * 8]}}).status_code == 404
+
+
+def test_tiny_models_run_inline_and_answer_the_same(tmp_path, server):
+    """A model whose call is shorter than a thread hop runs batch-1 requests on the event loop;
+    larger requests still go through the pool. Same answers either way."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, serving_inline_us=10_000)  # tiny model: certainly under 10 ms
+    with TestClient(create_app(settings)) as c:
+        m = upload(c, server["pt2"])
+        art = convert(c, m["id"], "onnx")
+        d = deploy(c, "inline", art["id"], batching={"max_batch_size": 8})
+        assert "runs inline" in d["versions"][0]["batching_note"]
+        for rows in (1, 3):
+            x = np.random.default_rng(rows).standard_normal((rows, 8)).astype(np.float32)
+            r = c.post("/v1/deployments/inline/predict", json={"inputs": {"x": x.tolist()}})
+            (out,) = r.json()["outputs"].values()
+            np.testing.assert_allclose(np.array(out, np.float32), reference(server["pt2"], x), atol=1e-5)
