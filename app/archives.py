@@ -99,6 +99,8 @@ def _extract_zip(path: Path, dest: Path, max_files: int, max_total: int, max_rat
             raise UnsafeArchive(f"archive has {len(infos)} members, over the limit of {max_files}",
                                 code="archive_too_many_files")
         for info in infos:
+            if info.is_dir() and posixpath.normpath(info.filename.replace("\\", "/")) == ".":
+                continue  # "./" as written by zip -r . : the archive's own root
             rel = safe_relpath(info.filename)
             mode = (info.external_attr >> 16) & 0o170000
             if mode == stat.S_IFLNK:
@@ -127,6 +129,8 @@ def _extract_tar(path: Path, dest: Path, max_files: int, max_total: int, max_rat
             for n, member in enumerate(tf):
                 if n >= max_files:
                     raise UnsafeArchive(f"archive has more than {max_files} members", code="archive_too_many_files")
+                if member.isdir() and posixpath.normpath(member.name) == ".":
+                    continue  # "./" as written by tar -C dir . : the archive's own root
                 rel = safe_relpath(member.name)
                 if member.issym() or member.islnk():
                     raise UnsafeArchive(f"archive member {member.name!r} is a link; links are refused",

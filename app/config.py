@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     serving_threads: int = Field(default=0, ge=0, description="inference thread pool size; 0 = CPU count")
     serving_memory_budget_mb: int = Field(default=8192, gt=0)
     serving_load: Literal["lazy", "eager"] = "lazy"
+    serving_max_body_bytes: int = Field(default=256 * 1024**2, gt=0, description="largest inference request")
     serving_inline_us: float = Field(default=50.0, ge=0, description="a deployment whose batch-1 call takes less "
                                      "than this (median of 21 probes at load) runs batch-1 requests on the event "
                                      "loop: the hop to a thread costs more; 0 = always use the thread pool")

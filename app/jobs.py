@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -300,9 +301,6 @@ def _fetch(store, files: list[tuple[str, str]], root: Path) -> None:
 
 def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Dispatcher) -> str:
     """Run one step if it is still ours to run. Returns what happened (for logs and tests)."""
-    from app.conversion import sandbox
-    from app.conversion.io import Source
-
     now = utcnow()
     with db.session() as s:
         step = repo.get_step(s, step_id)
@@ -312,6 +310,8 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
         if job.cancel_requested or job.status in repo.TERMINAL:
             if step.status in ("queued", "waiting_for_hardware", "pending"):
                 step.status, step.finished_at = "cancelled", now
+            if job.status not in repo.TERMINAL and not any(x.status == "running" for x in job.steps):
+                _finish(job, "cancelled", now, {"message": "cancelled by request"})
             return "skipped"
         if step.status in ("queued", "waiting_for_hardware") and step.attempts >= step.max_attempts:
             _fail_step(s, step, {"message": f"gave up after {step.attempts} attempts: the worker running this "
@@ -323,11 +323,35 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
         s.refresh(step)
         job.status = "running"
         job.started_at = job.started_at or now
-        kind, attempt, options = step.kind, step.attempts, dict(step.options)
+        kind, attempt, options, label = step.kind, step.attempts, dict(step.options), step.edge
         edge = registry.by_name(step.edge) if kind == "convert" else None
         work = _gather(s, job, step)
         specs, job_id = job.input_specs, job.id
         _append_log(step, f"\n=== attempt {attempt} on {worker_id} at {now.isoformat()} ===\n")
+
+    beat_stop = threading.Event()
+
+    def beat() -> None:  # the claim stays fresh while inputs download and outputs upload, too
+        while not beat_stop.wait(settings.heartbeat_s):
+            try:
+                with db.session() as s3:
+                    if not repo.heartbeat_step(s3, step_id, worker_id, utcnow()):
+                        return
+            except Exception:
+                log.warning("heartbeat of step %s failed", step_id, exc_info=True)
+
+    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{step_id[:8]}").start()
+    try:
+        return _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work,
+                        specs, job_id, label)
+    finally:
+        beat_stop.set()
+
+
+def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work, specs,
+             job_id, label) -> str:
+    from app.conversion import sandbox
+    from app.conversion.io import Source
 
     toolchain = edge.toolchain if edge else "main"
     python = settings.toolchain_python(toolchain)
@@ -355,9 +379,14 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
                 options["samples"] = str(workdir / "samples.npz")
 
         def poll() -> bool:
-            with db.session() as s2:
-                ours = repo.heartbeat_step(s2, step_id, worker_id, utcnow())
-                cancelled = bool(repo.get_job(s2, job_id).cancel_requested)
+            try:
+                with db.session() as s2:
+                    job_now = repo.get_job(s2, job_id)
+                    ours = repo.heartbeat_step(s2, step_id, worker_id, utcnow())
+                    cancelled = job_now is None or bool(job_now.cancel_requested)  # None: the model was deleted
+            except Exception:  # a database blip: keep converting; the next poll tries again
+                log.warning("heartbeat of step %s failed", step_id, exc_info=True)
+                return False
             return cancelled or not ours
 
         limits = {"python": python, "timeout_s": settings.timeout_for(edge.queue if edge else "cpu"),
@@ -368,7 +397,7 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
             artifact = _store_artifact(settings, store, workdir / "out", result)
         else:
             impl = "app.pipeline:validate_step" if kind == "validate" else "app.pipeline:benchmark_step"
-            result = sandbox.run_in_sandbox(impl, step.edge, kind, src, workdir / "out", options, **limits)
+            result = sandbox.run_in_sandbox(impl, label, kind, src, workdir / "out", options, **limits)
     except sandbox.SandboxFailure as f:
         err = dict(f.error)
         with db.session() as s:
@@ -430,6 +459,12 @@ def _advance(s, settings, step: JobStep, now) -> JobStep | None:
     """Mark the step done and queue the next one (or finish the job)."""
     job = step.job
     step.status, step.finished_at = "succeeded", now
+    if job.cancel_requested:  # cancelled while this step ran: stop here
+        for x in job.steps:
+            if x.status in ("pending", "queued", "waiting_for_hardware"):
+                x.status, x.finished_at = "cancelled", now
+        _finish(job, "cancelled", now, {"message": "cancelled by request"})
+        return None
     later = [x for x in job.steps if x.index == step.index + 1]
     if not later:
         _finish(job, "succeeded", now)
@@ -529,7 +564,10 @@ def reap(db, dispatcher: Dispatcher, settings) -> list[str]:
     requeued: list[tuple[str, str]] = []
     with db.session() as s:
         for step in repo.stale_steps(s, before):
-            if step.attempts >= step.max_attempts:
+            if step.job.cancel_requested:
+                _fail_step(s, step, {"message": "cancelled by request (its worker had stopped responding)"}, now,
+                           status="cancelled")
+            elif step.attempts >= step.max_attempts:
                 _append_log(step, f"\n=== worker {step.worker} stopped responding; attempts used up ===\n")
                 _fail_step(s, step, {"message": f"gave up after {step.attempts} attempts: the worker running this "
                                      "step stopped responding each time (killed, or out of memory?)",

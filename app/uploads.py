@@ -261,6 +261,10 @@ async def _receive_multipart(request: Request, up: Upload, budget: _Budget, sett
                         rel = _check_name(fname)
                         if rel in seen:
                             raise BadRequest(f"file '{rel}' appears twice in the upload", code="duplicate_file")
+                        clash = next((p for p in seen if p.startswith(rel + "/") or rel.startswith(p + "/")), None)
+                        if clash is not None:
+                            raise BadRequest(f"'{rel}' and '{clash}' cannot both be in one upload: one would have "
+                                             "to be a file and a folder at once", code="duplicate_file")
                         seen.add(rel)
                         rec = Received(path=rel, tmp=up.workdir / "in" / str(len(up.files)))
                         up.files.append(rec)

@@ -278,3 +278,22 @@ def test_truncated_multipart_is_refused(embedded_client, files):
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_multipart"
     assert "closing boundary" in r.json()["error"]["message"]
     assert_clean(embedded_client)
+
+
+def test_tarball_of_a_directory_root_and_file_folder_clash(embedded_client, files, tmp_path):
+    """`tar -C dir .` writes a "./" member: that is the archive's root, not a traversal. A file
+    and a folder of the same name in one multipart upload is a clear 400, not a 500."""
+    onnx_path, data_path = files["onnx_ext"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        root = tarfile.TarInfo(".")
+        root.type = tarfile.DIRTYPE
+        tf.addfile(root)
+        tf.add(onnx_path, "./tiny.onnx")
+        tf.add(data_path, "./tiny.onnx.data")
+    r = embedded_client.post("/v1/models", params={"filename": "dir.tar.gz"}, content=buf.getvalue(),
+                             headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+    assert sorted(f["path"] for f in r.json()["files"]) == ["tiny.onnx", "tiny.onnx.data"]
+    r = embedded_client.post("/v1/models", files=[("files", ("a", b"x" * 10)), ("files", ("a/b", b"y" * 10))])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "duplicate_file"

@@ -144,7 +144,7 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
 
     cache, metrics = state.models, state.metrics
     started = time.perf_counter()
-    labels = (name, str(version or ""))
+    labels = ("_unknown", "")  # until the name resolves: client-chosen names must not mint metric series
     try:
         row = cache.resolve(name, version)
         labels = (name, str(row["version"]))

@@ -221,16 +221,17 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
 
     limit = 1024**3
     h = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=settings.tmp_dir, delete=False, suffix=".npz") as f:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge("sample inputs are larger than 1 GiB")
-            h.update(chunk)
-            f.write(chunk)
+    f = tempfile.NamedTemporaryFile(dir=settings.tmp_dir, delete=False, suffix=".npz")  # noqa: SIM115
     path = __import__("pathlib").Path(f.name)
     try:
+        with f:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge("sample inputs are larger than 1 GiB")
+                h.update(chunk)
+                f.write(chunk)
         names = await anyio.to_thread.run_sync(_check_npz, path, model.inspection)
         sha = h.hexdigest()
         await anyio.to_thread.run_sync(lambda: store.put_file(blob_key(sha), path, move=True))
@@ -239,7 +240,10 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
     finally:
         path.unlink(missing_ok=True)
     with db.session() as s:
-        repo.get_model(s, model.id).samples_sha256 = sha
+        current = repo.get_model(s, model.id)
+        if current is None:
+            raise NotFound(f"model '{model.id}' was deleted", code="model_not_found")
+        current.samples_sha256 = sha
     return {"model_id": model.id, "samples_sha256": sha, "inputs": names}
 
 

@@ -117,7 +117,7 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
 
     metrics = state.metrics
     started = time.perf_counter()
-    labels = (name, str(version or ""))
+    labels = ("_unknown", "")  # until the name resolves: client-chosen names must not mint metric series
     try:
         row, lm = await _loaded_state(state, name, version)
         labels = (name, str(row["version"]))

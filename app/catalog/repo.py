@@ -52,7 +52,7 @@ def add_model(s: Session, *, files: list[dict[str, Any]], **fields: Any) -> Mode
 
 def delete_model(s: Session, model: Model) -> list[str]:
     """Delete a model with its jobs and artifacts; return blob digests nothing references any more."""
-    shas = {f.sha256 for f in model.files}
+    shas = {f.sha256 for f in model.files} | ({model.samples_sha256} if model.samples_sha256 else set())
     for art in list_artifacts(s, model.id):
         shas |= {f.sha256 for f in art.files}
         s.delete(art)
@@ -65,7 +65,8 @@ def delete_model(s: Session, model: Model) -> list[str]:
 def blob_referenced(s: Session, sha256: str) -> bool:
     in_models = s.scalar(select(func.count()).select_from(ModelFile).where(ModelFile.sha256 == sha256))
     in_artifacts = s.scalar(select(func.count()).select_from(ArtifactFile).where(ArtifactFile.sha256 == sha256))
-    return (in_models or 0) + (in_artifacts or 0) > 0
+    as_samples = s.scalar(select(func.count()).select_from(Model).where(Model.samples_sha256 == sha256))
+    return (in_models or 0) + (in_artifacts or 0) + (as_samples or 0) > 0
 
 
 # ----------------------------------------------------------------------------- jobs and steps
@@ -111,7 +112,8 @@ def claim_step(s: Session, step_id: str, worker: str, now) -> bool:
 def heartbeat_step(s: Session, step_id: str, worker: str, now) -> bool:
     """Refresh the step's heartbeat; False when the step is no longer ours (reaped, cancelled)."""
     res = s.execute(update(JobStep).where(JobStep.id == step_id, JobStep.worker == worker,
-                                          JobStep.status == "running").values(heartbeat_at=now))
+                                          JobStep.status == "running").values(heartbeat_at=now)
+                    .execution_options(synchronize_session=False))
     return res.rowcount == 1
 
 
@@ -122,7 +124,10 @@ def stale_steps(s: Session, before) -> list[JobStep]:
 def requeue_stale(s: Session, step: JobStep, before, now) -> bool:
     res = s.execute(update(JobStep).where(JobStep.id == step.id, JobStep.status == "running",
                                           JobStep.heartbeat_at < before)
-                    .values(status="queued", worker=None, updated_at=now))
+                    .values(status="queued", worker=None, updated_at=now)
+                    .execution_options(synchronize_session=False))
+    if res.rowcount == 1:
+        s.refresh(step)
     return res.rowcount == 1
 
 

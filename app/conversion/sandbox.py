@@ -62,19 +62,23 @@ def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_
         proc = subprocess.Popen([python, "-m", "app.conversion.run", str(request_path), str(result_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=limits, cwd=work)
         reason = None
-        while True:
-            try:
-                proc.wait(timeout=poll_every_s)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if time.monotonic() - started > timeout_s:
-                reason = f"the conversion ran longer than its {timeout_s:g}s time limit and was stopped"
-            elif poll is not None and poll():
-                reason = "cancelled"
-            if reason:
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=poll_every_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.monotonic() - started > timeout_s:
+                    reason = f"the conversion ran longer than its {timeout_s:g}s time limit and was stopped"
+                elif poll is not None and poll():
+                    reason = "cancelled"
+                if reason:
+                    _kill(proc)
+                    break
+        finally:
+            if proc.poll() is None:  # never leave a converter running behind us
                 _kill(proc)
-                break
     seconds = round(time.monotonic() - started, 3)
     request_path.unlink(missing_ok=True)
     if reason == "cancelled":

@@ -5,6 +5,7 @@ dependency solving and middleware stack cost more per request than a small model
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import parse_qs, unquote
 
@@ -31,14 +32,18 @@ class FastPath:
                 return await self._v1(scope, receive, send, unquote(m.group(1)))
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _body(receive) -> bytes:
-        chunks = []
+    async def _body(self, receive) -> bytes:
+        limit = self.app.state.settings.serving_max_body_bytes
+        chunks, size = [], 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 raise ConnectionError("client disconnected")
-            chunks.append(msg.get("body", b""))
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise OverflowError(f"the request body is larger than {limit} bytes (MODELPORT_SERVING_MAX_BODY_BYTES)")
+            chunks.append(chunk)
             if not msg.get("more_body"):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -61,6 +66,9 @@ class FastPath:
             body = await self._body(receive)
         except ConnectionError:
             return
+        except OverflowError as e:
+            return await self._send(send, 413, {"content-type": "application/json"},
+                                    json.dumps({"error": str(e)}).encode())
         hl = self._headers(scope).get(b"inference-header-content-length")
         status, headers, payload = await run_infer(self.app.state, name, version,
                                                    hl.decode("latin-1") if hl is not None else None, body)
@@ -73,6 +81,9 @@ class FastPath:
             body = await self._body(receive)
         except ConnectionError:
             return
+        except OverflowError as e:
+            err = {"error": {"code": "payload_too_large", "message": str(e), "detail": {}}}
+            return await self._send(send, 413, {"content-type": "application/json"}, json.dumps(err).encode())
         h = self._headers(scope)
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         version = qs.get("version", [None])[0]

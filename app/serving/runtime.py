@@ -11,11 +11,13 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,7 @@ class Loaded:
     size_bytes: int
     load_ms: float
     inline: bool = False  # calls measured shorter than a thread hop run on the event loop
+    inline_sizes: dict[str, int] = field(default_factory=dict)  # ... at most this many elements per input
     call_us: float | None = None
     last_used: float = field(default_factory=time.monotonic)
 
@@ -57,12 +60,13 @@ def _dynamic_batch(specs) -> bool:
     return bool(specs) and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
 
 
-def _probe_us(runner, inputs) -> float | None:
-    """The median of 21 batch-1 calls, in µs (None when inputs cannot be generated)."""
+def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int]]:
+    """The median of 21 batch-1 calls in µs, and the element count of each probed input
+    (None when inputs cannot be generated)."""
     from app.benchmark import default_inputs
 
     if not inputs or any(not s.dtype or s.shape is None for s in inputs):
-        return None
+        return None, {}
     try:
         feeds = default_inputs(inputs, 1)
         runner.run(feeds)  # warm-up
@@ -71,9 +75,9 @@ def _probe_us(runner, inputs) -> float | None:
             t = time.perf_counter()
             runner.run(feeds)
             times.append(time.perf_counter() - t)
-        return sorted(times)[10] * 1e6
+        return sorted(times)[10] * 1e6, {k: int(v.size) for k, v in feeds.items()}
     except Exception:  # a model that cannot run generated inputs is simply not probed
-        return None
+        return None, {}
 
 
 class ModelCache:
@@ -86,6 +90,7 @@ class ModelCache:
         self.root = settings.resolved_data_dir / "serving"
         self.root.mkdir(parents=True, exist_ok=True)
         self._names: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._loading: dict[str, threading.Lock] = {}
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -148,12 +153,25 @@ class ModelCache:
 
     def load(self, deployment_id: str) -> Loaded:
         """Load (or return) a deployment's runner. Raises on failure with the runtime's reason."""
-        from app.runners import open_runner
-        from app.serving.batcher import Batcher
 
         with self.lock:
             if deployment_id in self.loaded:
                 return self.loaded[deployment_id]
+            gate = self._loading.setdefault(deployment_id, threading.Lock())
+        with gate:  # concurrent first requests: one loads, the others wait and reuse it
+            with self.lock:
+                if deployment_id in self.loaded:
+                    return self.loaded[deployment_id]
+            try:
+                return self._load(deployment_id)
+            finally:
+                with self.lock:
+                    self._loading.pop(deployment_id, None)
+
+    def _load(self, deployment_id: str) -> Loaded:
+        from app.runners import open_runner
+        from app.serving.batcher import Batcher
+
         with self.db.session() as s:
             d = repo.get_deployment(s, deployment_id)
             if d is None:
@@ -164,15 +182,21 @@ class ModelCache:
             name, version, runtime, batching = d.name, d.version, dict(d.runtime), dict(d.batching)
         folder = self.root / art.id
         if not (folder / ".complete").exists():
-            tmp = self.root / f".{art.id}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            for path, sha in files:
-                dest = tmp / path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self.store.get_to_path(blob_key(sha), dest)
-            (tmp / ".complete").touch()
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{art.id}-"))
+            try:
+                for path, sha in files:
+                    dest = tmp / path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.store.get_to_path(blob_key(sha), dest)
+                (tmp / ".complete").touch()
+                try:
+                    tmp.rename(folder)  # atomic; fails if another replica's load got there first
+                except OSError:
+                    if not (folder / ".complete").exists():
+                        shutil.rmtree(folder, ignore_errors=True)
+                        tmp.rename(folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         t = time.perf_counter()
         runner = open_runner(fmt, folder, [p for p, _ in files], primary,
                              precision=runtime.get("precision", "fp32"), threads=runtime.get("threads"))
@@ -189,13 +213,13 @@ class ModelCache:
                 note = f"dynamic batching up to {mbs} rows, {batching.get('max_queue_delay_ms', 0)} ms delay"
             else:
                 note = "served unbatched: the model has no dynamic batch dimension"
-        call_us = _probe_us(runner, inputs)
+        call_us, probed = _probe_us(runner, inputs)
         inline = call_us is not None and call_us < self.settings.serving_inline_us
         if inline:
             batcher, note = None, (f"runs inline on the event loop: a call takes {call_us:.0f} µs, less than "
                                    "handing it to a thread (MODELPORT_SERVING_INLINE_US)")
         lm = Loaded(deployment_id, name, version, fmt, runner, inputs, outputs, batcher, note, size, load_ms,
-                    inline=inline, call_us=call_us)
+                    inline=inline, inline_sizes=probed, call_us=call_us)
         with self.lock:
             self.loaded[deployment_id] = lm
             self._evict()
@@ -231,8 +255,8 @@ class ModelCache:
     # ------------------------------------------------------------------ inference
 
     async def predict(self, lm: Loaded, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if lm.inline and all(a.shape[:1] == (1,) for a in feeds.values()):
-            return lm.runner.run(feeds)
+        if lm.inline and all(a.size <= lm.inline_sizes.get(k, 0) for k, a in feeds.items()):
+            return lm.runner.run(feeds)  # no bigger than what was measured to take < serving_inline_us
         if lm.batcher is not None:
             return await lm.batcher.submit(feeds)
         loop = asyncio.get_running_loop()

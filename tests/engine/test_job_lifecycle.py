@@ -1,0 +1,84 @@
+"""Job lifecycle logic against a real catalog (SQLite): cancellation racing a running step, the
+reaper, and claims — with a recording dispatcher instead of a queue."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from app import jobs
+from app.catalog import repo
+from app.catalog.db import Database, upgrade
+from app.catalog.tables import utcnow
+from tests.conftest import make_settings
+
+
+class Recorder:
+    def __init__(self):
+        self.sent: list[tuple[str, str]] = []
+
+    def enqueue(self, step_id: str, queue: str) -> None:
+        self.sent.append((step_id, queue))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    settings = make_settings(tmp_path)
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    upgrade(db.engine)
+    with db.session() as s:
+        m = repo.add_model(s, files=[{"path": "m.pt2", "sha256": "a" * 64, "size": 1}], digest="d" * 64, name="m",
+                           format="torch_export", primary_file="m.pt2", is_directory=False, size_bytes=1,
+                           file_count=1, original_filename="m.pt2", user_metadata={},
+                           inspection={"format": "torch_export", "inputs": []}, warnings=[])
+        model_id = m.id
+    jobs.announce(db, "w1", ["cpu", "intel"], {})
+    d = Recorder()
+    job, created = jobs.create_job(db, d, settings, model_id, "onnx", {}, None, benchmark=False)
+    assert created and d.sent == [(job.steps[0].id, "cpu")]
+    return settings, db, d, job
+
+
+def test_cancel_while_a_step_runs_ends_cancelled_not_stuck(setup):
+    settings, db, d, job = setup
+    step0 = job.steps[0].id
+    with db.session() as s:
+        assert repo.claim_step(s, step0, "w1", utcnow())
+        assert not repo.claim_step(s, step0, "w2", utcnow())  # a redelivered message does nothing
+    jobs.cancel_job(db, job.id)
+    with db.session() as s:
+        assert repo.get_job(s, job.id).status != "cancelled"  # its step is still running
+        nxt = jobs._advance(s, settings, repo.get_step(s, step0), utcnow())  # the step finishes anyway
+        assert nxt is None
+    with db.session() as s:
+        j = repo.get_job(s, job.id)
+        assert j.status == "cancelled" and j.active_key is None
+        assert [st.status for st in j.steps] == ["succeeded", "cancelled"]
+
+
+def test_reaper_requeues_then_gives_up(setup):
+    settings, db, d, job = setup
+    step0 = job.steps[0].id
+    long_ago = utcnow() - dt.timedelta(hours=1)
+    for attempt in range(1, settings.max_attempts + 1):
+        with db.session() as s:
+            assert repo.claim_step(s, step0, f"w{attempt}", long_ago)  # claimed, then its worker died
+        requeued = jobs.reap(db, d, settings)
+        if attempt < settings.max_attempts:
+            assert requeued == [step0] and d.sent[-1] == (step0, "cpu")
+    with db.session() as s:
+        j = repo.get_job(s, job.id)
+        assert j.status == "failed" and "gave up after 3 attempts" in j.error["message"]
+        assert j.active_key is None
+
+
+def test_a_stale_step_of_a_cancelled_job_is_cancelled_by_the_reaper(setup):
+    settings, db, d, job = setup
+    step0 = job.steps[0].id
+    with db.session() as s:
+        assert repo.claim_step(s, step0, "w1", utcnow() - dt.timedelta(hours=1))
+    jobs.cancel_job(db, job.id)
+    assert jobs.reap(db, d, settings) == []
+    with db.session() as s:
+        assert repo.get_job(s, job.id).status == "cancelled"
