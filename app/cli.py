@@ -67,7 +67,7 @@ def _worker(settings, args) -> int:
     """Check the queues against this host, announce the worker, heartbeat and reap, run Celery."""
     import threading
 
-    from app import jobs
+    from app import blobs, jobs
     from workers import capabilities
 
     if not settings.broker_url:
@@ -99,6 +99,7 @@ def _worker(settings, args) -> int:
             try:
                 jobs.announce(ctx["db"], wid, requested, caps)
                 jobs.reap(ctx["db"], ctx["dispatcher"], settings)
+                blobs.sweep(ctx["db"], ctx["store"], settings.blob_gc_grace_s)
             except Exception as e:  # keep beating through a database blip
                 print(f"modelport worker: heartbeat failed: {e}", file=sys.stderr)
 

@@ -394,7 +394,7 @@ def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt,
                   "poll_every_s": settings.heartbeat_s}
         if kind == "convert":
             result = sandbox.run_edge(edge, src, workdir / "out", options, **limits)
-            artifact = _store_artifact(settings, store, workdir / "out", result)
+            artifact = _store_artifact(settings, db, store, workdir / "out", result)
         else:
             impl = "app.pipeline:validate_step" if kind == "validate" else "app.pipeline:benchmark_step"
             result = sandbox.run_in_sandbox(impl, label, kind, src, workdir / "out", options, **limits)
@@ -448,7 +448,7 @@ def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt,
             next_step = _advance(s, settings, step, utcnow())
     if lost:
         if kind == "convert":
-            _forget_blobs(db, store, artifact["files"])
+            _forget_blobs(db, artifact["files"])
         return "lost claim"
     if next_step is not None:
         dispatcher.enqueue(next_step.id, next_step.queue)
@@ -505,11 +505,11 @@ def _record_check(s, store, kind: str, step: JobStep, work: dict[str, Any], repo
         Path(f.name).unlink(missing_ok=True)
 
 
-def _forget_blobs(db, store, files: list[dict[str, Any]]) -> None:
+def _forget_blobs(db, files: list[dict[str, Any]]) -> None:
+    from app import blobs
+
     with db.session() as s:
-        orphans = [f["sha256"] for f in files if not repo.blob_referenced(s, f["sha256"])]
-    for sha in orphans:
-        store.delete(_blob(sha))
+        blobs.release(s, [f["sha256"] for f in files])
 
 
 def _blob(sha: str) -> str:
@@ -525,7 +525,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _store_artifact(settings, store, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+def _store_artifact(settings, db, store, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Hash, inspect and store what the converter wrote. An artifact modelport cannot read fails the step."""
     from app.conversion.sandbox import SandboxFailure
     from app.errors import ModelportError
@@ -547,6 +547,9 @@ def _store_artifact(settings, store, out_dir: Path, result: dict[str, Any]) -> d
     except ModelportError as e:
         raise SandboxFailure({"message": f"the converter produced an artifact modelport cannot read: {e.message}",
                               "hint": "this is a converter bug; see the job log"}) from None
+    from app import blobs
+
+    blobs.claim(db, [f["sha256"] for f in files])  # before writing: a pending deletion of these bytes is off
     for f in files:
         store.put_file(_blob(f["sha256"]), f["tmp"], move=True)
     digest = files[0]["sha256"] if len(files) == 1 else _manifest_digest(files)

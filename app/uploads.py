@@ -23,6 +23,7 @@ from app.catalog import repo
 from app.catalog.tables import Model
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.inspection import inspect_files
+from app import blobs
 from app.storage import blob_key
 
 FLUSH = 4 * 1024 * 1024
@@ -399,6 +400,7 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
         memory_mb=settings.inspect_memory_mb,
     )
     stored: list[str] = []
+    blobs.claim(db, [e["sha256"] for e in prep.files])  # a pending deletion of these bytes is off
     try:
         for e in prep.files:
             key = blob_key(e["sha256"])
@@ -428,11 +430,8 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
         from sqlalchemy.exc import IntegrityError
 
         with db.session() as s:
-            orphans = [sha for sha in stored if not repo.blob_referenced(s, sha)]
+            blobs.release(s, stored)  # the sweep keeps whatever a concurrent upload (the winner) references
             winner = repo.get_model_by_digest(s, prep.digest) if isinstance(exc, IntegrityError) else None
-        for sha in orphans:
-            if winner is None or sha not in {f.sha256 for f in winner.files}:
-                store.delete(blob_key(sha))
         if winner is not None:  # the same bytes landed concurrently: that one wins
             return winner, False
         raise

@@ -96,6 +96,8 @@ def backend(request, tmp_path):
     with eng.begin() as c:
         if sa.inspect(c).has_table("models"):
             c.execute(sa.text("DELETE FROM models"))
+        if sa.inspect(c).has_table("blob_deletions"):
+            c.execute(sa.text("DELETE FROM blob_deletions"))
     eng.dispose()
     return settings
 

@@ -8,7 +8,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from app import jobs
+from app import blobs, jobs
 from workers import capabilities
 
 log = logging.getLogger("modelport.embedded")
@@ -49,6 +49,7 @@ class EmbeddedExecutor:
             try:
                 jobs.announce(self.db, self.id, self.queues, capabilities.describe(self.settings))
                 jobs.reap(self.db, self, self.settings)
+                blobs.sweep(self.db, self.store, self.settings.blob_gc_grace_s)
             except Exception:  # keep beating through a database blip
                 log.exception("heartbeat failed")
 

@@ -146,7 +146,7 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
     started = time.perf_counter()
     labels = ("_unknown", "")  # until the name resolves: client-chosen names must not mint metric series
     try:
-        row = cache.resolve(name, version)
+        row = await cache.aresolve(name, version)
         labels = (name, str(row["version"]))
         lm = cache.get(row, name) if row["id"] in cache.loaded else await anyio.to_thread.run_sync(cache.get, row, name)
         ctype = content_type.split(";")[0].strip().lower()

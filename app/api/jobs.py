@@ -15,6 +15,7 @@ from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
 from app.catalog import repo
 from app.errors import NotFound
+from app import blobs
 from app.storage import blob_key
 from app.zipstream import stream_zip
 
@@ -234,6 +235,7 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
                 f.write(chunk)
         names = await anyio.to_thread.run_sync(_check_npz, path, model.inspection)
         sha = h.hexdigest()
+        await anyio.to_thread.run_sync(blobs.claim, db, [sha])  # a pending deletion of these bytes is off
         await anyio.to_thread.run_sync(lambda: store.put_file(blob_key(sha), path, move=True))
     except BadRequest:
         raise
@@ -242,7 +244,11 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
     with db.session() as s:
         current = repo.get_model(s, model.id)
         if current is None:
+            blobs.release(s, [sha])
+            s.commit()
             raise NotFound(f"model '{model.id}' was deleted", code="model_not_found")
+        if current.samples_sha256 not in (None, sha):
+            blobs.release(s, [current.samples_sha256])  # the samples they replace
         current.samples_sha256 = sha
     return {"model_id": model.id, "samples_sha256": sha, "inputs": names}
 

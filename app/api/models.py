@@ -14,6 +14,7 @@ from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import model_out
 from app.catalog import repo
 from app.errors import NotFound
+from app import blobs
 from app.storage import blob_key
 from app.zipstream import stream_zip
 
@@ -103,7 +104,7 @@ def delete_model(model_id: str, db: DatabaseDep, store: StoreDep):
         if model is None:
             raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
         reports = repo.benchmark_keys(s, [a.id for a in repo.list_artifacts(s, model.id)])
-        orphans = repo.delete_model(s, model)
-    for key in [*(blob_key(sha) for sha in orphans), *reports]:
+        blobs.release(s, repo.delete_model(s, model))  # deleted after a grace period, if still unused
+    for key in reports:
         store.delete(key)
     return None

@@ -60,7 +60,8 @@ async def _metadata(request: Request, name: str, version: str | None):
         return _err(e.status, e.message)
     except Exception as e:
         return _err(500, f"failed to load '{name}': {type(e).__name__}: {e}")
-    versions = [str(r["version"]) for r in request.app.state.models.versions(name) if r["status"] == "ready"]
+    rows = await anyio.to_thread.run_sync(request.app.state.models.versions, name)
+    versions = [str(r["version"]) for r in rows if r["status"] == "ready"]
     try:
         inputs, outputs = _tensor_meta(lm.inputs), _tensor_meta(lm.outputs)
     except ValueError as e:  # a dtype the v2 protocol cannot carry
@@ -99,7 +100,7 @@ def model_version_ready(name: str, version: str, request: Request):
 
 async def _loaded_state(state, name: str, version: str | None):
     cache = state.models
-    row = cache.resolve(name, version)
+    row = await cache.aresolve(name, version)
     if row["id"] in cache.loaded:
         return row, cache.get(row, name)
     return row, await anyio.to_thread.run_sync(cache.get, row, name)
@@ -143,9 +144,9 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
 
         payload, headers = codec.encode_v2_response(name, str(row["version"]), req.id, outputs, binary=binary,
                                                     requested=requested)
-    except ServingError as e:
+    except ServingError as e:  # as Triton maps its errors: NOT_FOUND 404, UNAVAILABLE 503, the rest 400
         metrics.failure.labels(*labels, e.code).inc()
-        return _error_body(404 if e.status == 404 else 400, e.message)
+        return _error_body(e.status if e.status in (404, 503) else 400, e.message)
     except codec.CodecError as e:
         metrics.failure.labels(*labels, "bad_input").inc()
         return _error_body(400, str(e))

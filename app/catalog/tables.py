@@ -261,3 +261,15 @@ class Deployment(TimestampMixin, Base):
     batching: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
     forced: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     load_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class BlobDeletion(Base):
+    """A content-addressed blob that nothing referenced when this row was written. The sweeper
+    (app/blobs.py) deletes it from the object store once the row is older than the grace period
+    and the blob is still unreferenced; whatever starts referencing the blob first removes the row."""
+
+    __tablename__ = "blob_deletions"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True,
+                                                      nullable=False)

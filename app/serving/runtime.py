@@ -91,6 +91,7 @@ class ModelCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self._names: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._loading: dict[str, threading.Lock] = {}
+        self._refreshing: set[str] = set()
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -115,9 +116,45 @@ class ModelCache:
         self._names.pop(name, None)
 
     def resolve(self, name: str, version: str | int | None) -> dict[str, Any]:
+        """The version row a request for ``name`` (and ``version``) goes to; may query the catalog,
+        so off the event loop only (there, :meth:`aresolve`)."""
         rows = self.versions(name)
         if not rows:
             rows = self.versions(name, fresh=True)
+        return self._pick(name, rows, version)
+
+    async def aresolve(self, name: str, version: str | int | None) -> dict[str, Any]:
+        """:meth:`resolve` for the event loop, which never waits on the catalog: a name with no
+        cached versions is looked up on a thread; cached versions older than a second are used
+        while a thread refreshes them (one refresh per name at a time; while the catalog is
+        unreachable the last versions seen keep serving)."""
+        hit = self._names.get(name)
+        if hit is None or not hit[1]:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self._lookup, name)
+        else:
+            if time.monotonic() - hit[0] >= 1.0 and name not in self._refreshing:
+                self._refreshing.add(name)
+                asyncio.get_running_loop().run_in_executor(None, self._refresh, name)
+            rows = hit[1]
+        return self._pick(name, rows, version)
+
+    def _lookup(self, name: str) -> list[dict[str, Any]]:
+        try:
+            return self.versions(name, fresh=True)
+        except Exception as e:
+            raise ServingError(503, f"the catalog is unreachable, so deployment '{name}' can't be looked up: "
+                               f"{type(e).__name__}: {e}"[:1000], "catalog_unavailable") from e
+
+    def _refresh(self, name: str) -> None:
+        try:
+            self.versions(name, fresh=True)
+        except Exception as e:  # keep serving what was last seen; the next request tries again
+            log.warning("refreshing deployment %s from the catalog failed: %s", name, e)
+        finally:
+            self._refreshing.discard(name)
+
+    @staticmethod
+    def _pick(name: str, rows: list[dict[str, Any]], version: str | int | None) -> dict[str, Any]:
         if not rows:
             raise ServingError(404, f"no deployment named '{name}'", "deployment_not_found")
         if version not in (None, ""):

@@ -610,3 +610,121 @@ def test_v2_decode_errors_under_stdlib_fallback(monkeypatch):
     raises(lambda: codec.decode_v2_request(body, None), "not valid JSON", "Inference-Header-Content-Length")
     req = codec.decode_v2_request(body, len(body) - 8)
     assert req.inputs["x"].tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# simdjson path for big v2 JSON requests: same arrays and same errors as the orjson/list path
+
+needs_simdjson = pytest.mark.skipif(codec._simdjson is None, reason="pysimdjson is not installed")
+
+
+def _t(name="x", shape=(2,), datatype="FP32", data=None, **extra) -> dict:
+    t = {"name": name, "shape": list(shape), "datatype": datatype, **extra}
+    if data is not None:
+        t["data"] = data
+    return t
+
+
+def _doc(*inputs: dict, **extra) -> bytes:
+    return json.dumps({"inputs": list(inputs), **extra}).encode()
+
+
+SIMDJSON_CASES = {
+    "fp32 flat": _doc(_t(data=[0.1, -2.5])),
+    "fp32 nested": _doc(_t(shape=(2, 2), data=[[1, 2.5], [3e-7, -4]])),
+    "fp32 ragged": _doc(_t(shape=(3,), data=[[1], [2, 3]])),
+    "fp32 mixed depth": _doc(_t(shape=(3,), data=[1, [2, 3]])),
+    "fp32 wrong count": _doc(_t(shape=(3,), data=[1, 2])),
+    "fp32 bool element": _doc(_t(data=[True, 1.5])),
+    "fp32 all bools": _doc(_t(data=[True, False])),
+    "fp32 string": _doc(_t(data=["1.5", 2])),
+    "fp32 null": _doc(_t(data=[None, 2])),
+    "fp32 overflows to inf": _doc(_t(data=[1e308, -1e308])),
+    "fp32 beyond double": b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1e400,1]}]}',
+    "fp32 NaN literal": b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[NaN,1]}]}',
+    "fp16": _doc(_t(datatype="FP16", data=[0.1, 70000])),
+    "fp64 exact": _doc(_t(shape=(3,), datatype="FP64", data=[0.1, 2**53 + 1, -0.0])),
+    "bf16": _doc(_t(datatype="BF16", data=[0.1, 3])),
+    "int8 in range": _doc(_t(datatype="INT8", data=[-128, 127])),
+    "int8 out of range": _doc(_t(datatype="INT8", data=[-129, 1])),
+    "uint8 negative": _doc(_t(datatype="UINT8", data=[-1, 1])),
+    "int32 float element": _doc(_t(datatype="INT32", data=[1.0, 2])),
+    "int64 limits": _doc(_t(datatype="INT64", data=[-2**63, 2**63 - 1])),
+    "int64 too big": _doc(_t(datatype="INT64", data=[2**63, 1])),
+    "uint64 above int64": _doc(_t(datatype="UINT64", data=[2**64 - 1, 0])),
+    "uint32 nested": _doc(_t(shape=(2, 1), datatype="UINT32", data=[[2**32 - 1], [0]])),
+    "bool": _doc(_t(datatype="BOOL", data=[True, False])),
+    "bool as ints": _doc(_t(datatype="BOOL", data=[1, 0])),
+    "bytes": _doc(_t(datatype="BYTES", data=["h\u00e9llo", ""])),
+    "empty": _doc(_t(shape=(0,), data=[])),
+    "empty nested": _doc(_t(shape=(2, 0), data=[[], []])),
+    "data not a list": _doc(_t(data=5)),
+    "data an object": _doc(_t(data={"a": 1})),
+    "two inputs": _doc(_t("a", data=[1, 2]), _t("b", (1, 2), "INT16", [[3, 4]])),
+    "repeated input": _doc(_t(data=[1, 2]), _t(data=[3, 4])),
+    "duplicate key in input": b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}]}',
+    "duplicate top-level key": b'{"inputs":[],"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}',
+    "inputs not a list": b'{"inputs":{"name":"x"}}',
+    "input not an object": b'{"inputs":[5]}',
+    "no inputs": b'{"id":"q"}',
+    "not an object": b"[1, 2]",
+    "not JSON": b'{"inputs": [',
+    "with id, parameters, outputs": _doc(_t(data=[1, 2]), id="r1", parameters={"binary_data_output": True},
+                                         outputs=[{"name": "y", "parameters": {"binary_data": False}}]),
+    "unknown datatype": _doc(_t(datatype="FP8", data=[1, 2])),
+}
+
+
+@needs_simdjson
+@pytest.mark.parametrize("body", list(SIMDJSON_CASES.values()), ids=list(SIMDJSON_CASES))
+def test_simdjson_path_agrees_with_list_path(monkeypatch, body):
+    def decode(threshold):
+        monkeypatch.setattr(codec, "_LAZY_JSON_MIN_BYTES", threshold)
+        try:
+            r = codec.decode_v2_request(body, None)
+        except CodecError as e:
+            return "error", str(e)
+        tensors = {k: (v.dtype.str, v.shape, v.tolist() if v.dtype == object else v.tobytes())
+                   for k, v in r.inputs.items()}
+        return tensors, r.id, r.parameters, r.outputs, r.binary_output_default
+
+    with np.errstate(over="ignore"):
+        assert decode(0) == decode(None)
+
+
+@needs_simdjson
+def test_simdjson_path_reads_numbers_without_lists(monkeypatch):
+    x = sample("FP32", (1, 3, 16, 16))
+    body, _ = v2([{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+                  {"name": "n", "shape": [3], "datatype": "INT64", "data": [1, -2, 3]}], id="big")
+    assert len(body) >= codec._LAZY_JSON_MIN_BYTES  # the default threshold takes this request
+
+    def no_lists(*a, **k):
+        raise AssertionError("the list path ran")
+
+    monkeypatch.setattr(codec, "_loads", no_lists)
+    monkeypatch.setattr(codec, "_json_tensor_slow", no_lists)
+    req = codec.decode_v2_request(body, None)
+    assert req.id == "big"
+    assert_same(req.inputs["x"], x)
+    assert_same(req.inputs["n"], np.array([1, -2, 3], np.int64))
+    for arr in req.inputs.values():  # numpy's own memory, not a view of the parser's buffer
+        assert arr.flags.writeable and (arr.base if arr.base is not None else arr).flags.owndata
+
+
+@needs_simdjson
+def test_small_requests_keep_orjson(monkeypatch):
+    body, _ = v2([{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}])
+    assert len(body) < codec._LAZY_JSON_MIN_BYTES
+    monkeypatch.setattr(codec, "_lazy_v2_doc", lambda h: pytest.fail("simdjson path for a small request"))
+    assert codec.decode_v2_request(body, None).inputs["x"].tolist() == [1, 2]
+
+
+@needs_simdjson
+def test_simdjson_path_with_binary_inputs(monkeypatch):
+    monkeypatch.setattr(codec, "_LAZY_JSON_MIN_BYTES", 0)
+    raw = np.arange(4, dtype=np.float32).tobytes()
+    body, hl = v2([_t("a", (2,), "FP32", [0.5, 1.5]),
+                   _t("b", (4,), "FP32", parameters={"binary_data_size": 16})], raw)
+    req = codec.decode_v2_request(body, hl)
+    assert req.inputs["a"].tolist() == [0.5, 1.5] and req.inputs["b"].tolist() == [0, 1, 2, 3]

@@ -254,3 +254,46 @@ def test_tiny_models_run_inline_and_answer_the_same(tmp_path, server):
             r = c.post("/v1/deployments/inline/predict", json={"inputs": {"x": x.tolist()}})
             (out,) = r.json()["outputs"].values()
             np.testing.assert_allclose(np.array(out, np.float32), reference(server["pt2"], x), atol=1e-5)
+
+
+def test_catalog_lookups_never_block_the_event_loop(server, monkeypatch):
+    """Version lookups go to the catalog on a thread: a slow catalog never stalls requests for
+    deployments already seen (they use the cached versions while a thread refreshes them), and an
+    unreachable one keeps them serving while new names get a 503 that says why."""
+    from app.serving import runtime
+
+    c = server["client"]
+    deploy(c, "steady", server["onnx"]["id"])
+    body = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}
+    assert c.post("/v2/models/steady/infer", json=body).status_code == 200
+    real = runtime.repo.deployment_versions
+    calls = []
+
+    def slow(s, name):
+        calls.append(name)
+        time.sleep(1.5)
+        return real(s, name)
+
+    monkeypatch.setattr(runtime.repo, "deployment_versions", slow)
+    time.sleep(1.1)  # the cached versions of "steady" are now due for a refresh
+    with ThreadPoolExecutor(1) as pool:
+        unknown = pool.submit(c.post, "/v2/models/never-deployed/infer", json=body)  # must query: 1.5 s on a thread
+        time.sleep(0.1)
+        t = time.perf_counter()
+        r = c.post("/v2/models/steady/infer", json=body)
+        assert r.status_code == 200 and time.perf_counter() - t < 0.5, "a slow catalog stalled the event loop"
+        assert unknown.result().status_code == 404
+    assert "steady" in calls and "never-deployed" in calls
+
+    def down(s, name):
+        raise ConnectionError("catalog down")
+
+    monkeypatch.setattr(runtime.repo, "deployment_versions", down)
+    time.sleep(1.6)  # the slow refresh has finished; the next request's refresh fails
+    for _ in range(3):
+        assert c.post("/v2/models/steady/infer", json=body).status_code == 200
+        assert c.post("/v1/deployments/steady/predict", json={"inputs": {"x": [[0.5] * 8]}}).status_code == 200
+    r = c.post("/v2/models/other-new-name/infer", json=body)
+    assert r.status_code == 503 and "catalog is unreachable" in r.json()["error"], r.text
+    r = c.post("/v1/deployments/other-new-name/predict", json={"inputs": {"x": [[0.5] * 8]}})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "catalog_unavailable", r.text

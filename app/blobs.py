@@ -1,0 +1,87 @@
+"""When a blob may leave the object store.
+
+Blobs are content-addressed and shared: two models, or a model and an artifact, holding the same
+bytes hold one blob. So "the last reference went away, delete the blob" races with a writer that
+is about to reference the same bytes: an upload that found the blob already stored (and so did not
+write it) and commits its catalog row just after the deleter checked the references would be left
+pointing at nothing. Deletion is therefore deferred and guarded by one catalog row per digest:
+
+- :func:`release` — in the transaction that drops references, record a deletion request for each
+  digest that may now be unreferenced. Nothing leaves the store yet.
+- :func:`claim` — whatever is about to reference blobs (an upload, a conversion storing its
+  artifact, sample inputs) first removes any requests for those digests, in its own committed
+  transaction, and only then checks for or writes the blob. Removing the row waits for a sweep of
+  that digest in progress (the sweep holds the row), so afterwards the blob is either still there
+  or already gone, and ``store.exists`` says which.
+- :func:`sweep` — for each request older than the grace period, in one transaction: delete the
+  request row (locking it; on SQLite, taking the write lock), check that nothing references the
+  digest, delete the blob from the store, commit. A claim that got there first leaves no row, and
+  the sweep moves on.
+
+The grace period (``MODELPORT_BLOB_GC_GRACE_S``) covers a writer that claimed before the request
+existed: it has that long between its claim and committing its reference (seconds in practice).
+Sweeps run in every worker's heartbeat loop (the embedded executor's too); several may run at
+once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.catalog import repo
+from app.catalog.tables import BlobDeletion, utcnow
+from app.storage import blob_key
+
+log = logging.getLogger("modelport.blobs")
+
+
+def release(s: Session, shas: Iterable[str]) -> None:
+    """Ask for these blobs to be deleted once they have stayed unreferenced for the grace period
+    (in the caller's transaction; a digest asked for again starts its grace period over)."""
+    rows = [{"sha256": sha, "requested_at": utcnow()} for sha in sorted(set(shas))]
+    if not rows:
+        return
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(BlobDeletion).values(rows)
+    s.execute(stmt.on_conflict_do_update(index_elements=["sha256"],
+                                         set_={"requested_at": stmt.excluded.requested_at}))
+
+
+def claim(db, shas: Iterable[str]) -> None:
+    """Cancel pending deletions of these blobs before checking for or writing them (own
+    transaction, committed on return; waits for a sweep of one of them that is in progress)."""
+    wanted = sorted(set(shas))
+    if wanted:
+        with db.session() as s:
+            s.execute(delete(BlobDeletion).where(BlobDeletion.sha256.in_(wanted))
+                      .execution_options(synchronize_session=False))
+
+
+def sweep(db, store, grace_s: float, *, limit: int = 200, now: dt.datetime | None = None) -> list[str]:
+    """Delete the blobs whose deletion was asked for more than ``grace_s`` ago and that nothing
+    references now. Returns their digests. A failed store delete keeps its request for next time."""
+    cutoff = (now or utcnow()) - dt.timedelta(seconds=grace_s)
+    with db.session() as s:
+        due = list(s.scalars(select(BlobDeletion.sha256).where(BlobDeletion.requested_at <= cutoff)
+                             .order_by(BlobDeletion.requested_at).limit(limit)))
+    deleted: list[str] = []
+    for sha in due:
+        try:
+            with db.session() as s:
+                taken = s.execute(delete(BlobDeletion)
+                                  .where(BlobDeletion.sha256 == sha, BlobDeletion.requested_at <= cutoff)
+                                  .execution_options(synchronize_session=False)).rowcount
+                if taken and not repo.blob_referenced(s, sha):
+                    store.delete(blob_key(sha))  # inside the transaction: a claim waits for it
+                    deleted.append(sha)
+        except Exception as e:  # the row is back (rolled back): the next sweep tries again
+            log.warning("deleting blob %s failed: %s", sha, e)
+    return deleted
