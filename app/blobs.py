@@ -20,17 +20,19 @@ pointing at nothing. Deletion is therefore deferred and guarded by one catalog r
 
 The grace period (``MODELPORT_BLOB_GC_GRACE_S``) covers a writer that claimed before the request
 existed: it has that long between its claim and committing its reference (seconds in practice).
-Sweeps run in every worker's heartbeat loop (the embedded executor's too); several may run at
-once.
+Sweeps run on a thread of every worker (the embedded executor's too), every
+``MODELPORT_BLOB_GC_EVERY_S``; several may run at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from collections.abc import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.catalog import repo
@@ -65,15 +67,20 @@ def claim(db, shas: Iterable[str]) -> None:
                       .execution_options(synchronize_session=False))
 
 
-def sweep(db, store, grace_s: float, *, limit: int = 200, now: dt.datetime | None = None) -> list[str]:
+def sweep(db, store, grace_s: float, *, limit: int = 200, budget_s: float = 30.0,
+          now: dt.datetime | None = None) -> list[str]:
     """Delete the blobs whose deletion was asked for more than ``grace_s`` ago and that nothing
-    references now. Returns their digests. A failed store delete keeps its request for next time."""
+    references now, oldest request first, for at most ``budget_s``. Returns their digests. A failed
+    store delete keeps its request, moved to the back of the line (so it can't block newer ones)."""
+    started = time.monotonic()
     cutoff = (now or utcnow()) - dt.timedelta(seconds=grace_s)
     with db.session() as s:
         due = list(s.scalars(select(BlobDeletion.sha256).where(BlobDeletion.requested_at <= cutoff)
                              .order_by(BlobDeletion.requested_at).limit(limit)))
     deleted: list[str] = []
     for sha in due:
+        if time.monotonic() - started > budget_s:
+            break
         try:
             with db.session() as s:
                 taken = s.execute(delete(BlobDeletion)
@@ -82,6 +89,28 @@ def sweep(db, store, grace_s: float, *, limit: int = 200, now: dt.datetime | Non
                 if taken and not repo.blob_referenced(s, sha):
                     store.delete(blob_key(sha))  # inside the transaction: a claim waits for it
                     deleted.append(sha)
-        except Exception as e:  # the row is back (rolled back): the next sweep tries again
+        except Exception as e:  # rolled back, so the request is still there: retry it later
             log.warning("deleting blob %s failed: %s", sha, e)
+            try:
+                with db.session() as s:
+                    s.execute(update(BlobDeletion).where(BlobDeletion.sha256 == sha)
+                              .values(requested_at=utcnow()).execution_options(synchronize_session=False))
+            except Exception:  # the catalog is down as well: the next sweep sees the same order
+                pass
     return deleted
+
+
+def start_sweeper(db, store, settings, stop: threading.Event) -> threading.Thread:
+    """Sweep every ``MODELPORT_BLOB_GC_EVERY_S`` on a thread of its own (a slow object store must
+    not hold up a worker's heartbeat)."""
+
+    def loop() -> None:
+        while not stop.wait(settings.blob_gc_every_s):
+            try:
+                sweep(db, store, settings.blob_gc_grace_s)
+            except Exception:  # the catalog is unreachable: try again next round
+                log.warning("blob sweep failed", exc_info=True)
+
+    thread = threading.Thread(target=loop, name="modelport-blob-sweep", daemon=True)
+    thread.start()
+    return thread

@@ -99,11 +99,11 @@ def _worker(settings, args) -> int:
             try:
                 jobs.announce(ctx["db"], wid, requested, caps)
                 jobs.reap(ctx["db"], ctx["dispatcher"], settings)
-                blobs.sweep(ctx["db"], ctx["store"], settings.blob_gc_grace_s)
             except Exception as e:  # keep beating through a database blip
                 print(f"modelport worker: heartbeat failed: {e}", file=sys.stderr)
 
     threading.Thread(target=beat, daemon=True, name="modelport-heartbeat").start()
+    blobs.start_sweeper(ctx["db"], ctx["store"], settings, stop)
     print(f"modelport worker {wid}: queues {', '.join(requested)}", flush=True)
     try:
         celery_app.worker_main([

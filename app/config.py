@@ -53,8 +53,11 @@ class Settings(BaseSettings):
                                       "is taken back from its (dead) worker")
     worker_stale_s: float = Field(default=30.0, gt=0, description="a worker without heartbeat this long is gone")
     heartbeat_s: float = Field(default=2.0, gt=0)
-    blob_gc_grace_s: float = Field(default=600.0, ge=0, description="an unreferenced blob is deleted from the "
-                                   "object store this long after it lost its last reference (see app/blobs.py)")
+    blob_gc_grace_s: float = Field(default=600.0, ge=60, description="an unreferenced blob is deleted from the "
+                                   "object store this long after it lost its last reference (see app/blobs.py); "
+                                   "at least a minute, the time a writer has between claiming bytes and "
+                                   "committing its reference")
+    blob_gc_every_s: float = Field(default=60.0, gt=0, description="how often each worker sweeps")
     embedded_concurrency: int = Field(default=1, ge=1, le=64)
     toolchains: dict[str, str] = Field(default_factory=dict, description='other toolchains\' interpreters, '
                                        'e.g. {"tf": "/opt/venv-tf/bin/python"}')

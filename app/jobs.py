@@ -426,6 +426,28 @@ def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt,
         log_text = _read(log_path)
         shutil.rmtree(workdir, ignore_errors=True)
 
+    try:
+        next_step, lost = _finish_step(db, settings, store, kind, step_id, worker_id, job_id, work, log_text,
+                                       result, edge, options, artifact if kind == "convert" else None)
+    except Exception:
+        if kind == "convert":  # stored and claimed, but no artifact row: let the sweep decide
+            try:
+                _forget_blobs(db, artifact["files"])
+            except Exception:  # the catalog is down too: the blobs stay (unreferenced) until cleaned by hand
+                log.warning("could not release the blobs of step %s", step_id, exc_info=True)
+        raise
+    if lost:
+        if kind == "convert":
+            _forget_blobs(db, artifact["files"])
+        return "lost claim"
+    if next_step is not None:
+        dispatcher.enqueue(next_step.id, next_step.queue)
+    return "succeeded"
+
+
+def _finish_step(db, settings, store, kind, step_id, worker_id, job_id, work, log_text, result, edge, options,
+                 artifact) -> tuple[JobStep | None, bool]:
+    """Record a step's success in one transaction: (the next step to queue, whether the claim was lost)."""
     next_step = None
     with db.session() as s:
         step = repo.get_step(s, step_id)
@@ -446,13 +468,7 @@ def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt,
                 _record_check(s, store, kind, step, work, result["details"])
             step.seconds = result.get("seconds")
             next_step = _advance(s, settings, step, utcnow())
-    if lost:
-        if kind == "convert":
-            _forget_blobs(db, artifact["files"])
-        return "lost claim"
-    if next_step is not None:
-        dispatcher.enqueue(next_step.id, next_step.queue)
-    return "succeeded"
+    return next_step, lost
 
 
 def _advance(s, settings, step: JobStep, now) -> JobStep | None:

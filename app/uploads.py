@@ -18,12 +18,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from app import archives
+from app import archives, blobs
 from app.catalog import repo
 from app.catalog.tables import Model
-from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
 from app.inspection import inspect_files
-from app import blobs
 from app.storage import blob_key
 
 FLUSH = 4 * 1024 * 1024
@@ -399,14 +398,23 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
         in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
         memory_mb=settings.inspect_memory_mb,
     )
-    stored: list[str] = []
-    blobs.claim(db, [e["sha256"] for e in prep.files])  # a pending deletion of these bytes is off
+    digests = [e["sha256"] for e in prep.files]
+    blobs.claim(db, digests)  # a pending deletion of these bytes is off
     try:
         for e in prep.files:
             key = blob_key(e["sha256"])
             if not store.exists(key):
                 store.put_file(key, e["tmp"], move=True)
-                stored.append(e["sha256"])
+        # storing can outlast the sweep's grace period (GBs to S3): claim again and make sure nothing
+        # was swept meanwhile, writing back what is gone while its bytes are still here
+        blobs.claim(db, digests)
+        for e in prep.files:
+            key = blob_key(e["sha256"])
+            if not store.exists(key):
+                if not Path(e["tmp"]).exists():
+                    raise ServiceUnavailable("the upload's bytes were removed from the object store while it "
+                                             "was being stored; send it again", code="store_race")
+                store.put_file(key, e["tmp"], move=True)
         primary = inspection.get("primary_file") or prep.files[0]["path"]
         default_name = (up.name or _strip_archive_ext(up.original_filename or primary.rsplit("/", 1)[-1]))
         with db.session() as s:
@@ -429,8 +437,8 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
     except Exception as exc:
         from sqlalchemy.exc import IntegrityError
 
-        with db.session() as s:
-            blobs.release(s, stored)  # the sweep keeps whatever a concurrent upload (the winner) references
+        with db.session() as s:  # the sweep keeps whatever something else (a concurrent winner) references
+            blobs.release(s, digests)
             winner = repo.get_model_by_digest(s, prep.digest) if isinstance(exc, IntegrityError) else None
         if winner is not None:  # the same bytes landed concurrently: that one wins
             return winner, False

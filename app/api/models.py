@@ -9,12 +9,11 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app import uploads
+from app import blobs, uploads
 from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import model_out
 from app.catalog import repo
 from app.errors import NotFound
-from app import blobs
 from app.storage import blob_key
 from app.zipstream import stream_zip
 
@@ -104,7 +103,11 @@ def delete_model(model_id: str, db: DatabaseDep, store: StoreDep):
         if model is None:
             raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
         reports = repo.benchmark_keys(s, [a.id for a in repo.list_artifacts(s, model.id)])
-        blobs.release(s, repo.delete_model(s, model))  # deleted after a grace period, if still unused
+        held = repo.model_digests(s, model)
+        repo.delete_model(s, model)
+        # every digest, not only what looks unreferenced here: two models sharing bytes deleted at once
+        # would each still see the other's rows; the sweep checks the references again after the grace period
+        blobs.release(s, held)
     for key in reports:
         store.delete(key)
     return None

@@ -5,6 +5,7 @@ unchanged. Errors are ``{"error": "..."}``. Requests without a Content-Type are 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import anyio
@@ -15,6 +16,7 @@ from app import __version__
 from app.serving.runtime import ServingError
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+log = logging.getLogger("modelport.serving")
 
 
 def _err(status: int, message: str) -> JSONResponse:
@@ -60,7 +62,11 @@ async def _metadata(request: Request, name: str, version: str | None):
         return _err(e.status, e.message)
     except Exception as e:
         return _err(500, f"failed to load '{name}': {type(e).__name__}: {e}")
-    rows = await anyio.to_thread.run_sync(request.app.state.models.versions, name)
+    try:
+        rows = await anyio.to_thread.run_sync(request.app.state.models.versions, name)
+    except Exception as e:  # the catalog is down: the versions aresolve just used
+        log.warning("listing versions of %s failed: %s", name, e)
+        rows = [row]
     versions = [str(r["version"]) for r in rows if r["status"] == "ready"]
     try:
         inputs, outputs = _tensor_meta(lm.inputs), _tensor_meta(lm.outputs)
@@ -85,6 +91,8 @@ def _ready(request: Request, name: str, version: str | None) -> Response:
         request.app.state.models.resolve(name, version)
     except ServingError as e:
         return _err(404 if e.status == 404 else 400, e.message)
+    except Exception as e:  # the catalog is unreachable
+        return _err(503, f"the catalog is unreachable: {type(e).__name__}: {e}"[:1000])
     return Response(status_code=200)
 
 

@@ -50,11 +50,19 @@ def add_model(s: Session, *, files: list[dict[str, Any]], **fields: Any) -> Mode
     return model
 
 
-def delete_model(s: Session, model: Model) -> list[str]:
-    """Delete a model with its jobs and artifacts; return blob digests nothing references any more."""
+def model_digests(s: Session, model: Model) -> set[str]:
+    """Every blob digest a model holds: its files, its sample inputs, its artifacts' files."""
     shas = {f.sha256 for f in model.files} | ({model.samples_sha256} if model.samples_sha256 else set())
     for art in list_artifacts(s, model.id):
         shas |= {f.sha256 for f in art.files}
+    return shas
+
+
+def delete_model(s: Session, model: Model) -> list[str]:
+    """Delete a model with its jobs and artifacts; return blob digests nothing references any more
+    (as this transaction sees it: a concurrent delete of another holder is not counted)."""
+    shas = model_digests(s, model)
+    for art in list_artifacts(s, model.id):
         s.delete(art)
     s.flush()
     s.delete(model)

@@ -34,6 +34,11 @@ class ToOpenVINOOptions(EdgeOptions):
                                  "int8: INT8 weight compression with NNCF")
 
 
+class ToTfliteOptions(EdgeOptions):
+    precision: Precision = Field(default="fp32", description="fp32; fp16: float16 weights; int8: dynamic-range "
+                                 "quantisation (int8 weights, float activations)")
+
+
 class OnnxToOnnxOptions(EdgeOptions):
     optimize: Literal["none", "basic", "extended"] = Field(
         default="basic", description="onnxruntime graph optimisation level; 'basic' stays portable")
@@ -66,6 +71,10 @@ EDGES: tuple[Edge, ...] = (
     Edge("torch_export", "openvino", "intel", "main", ToOpenVINOOptions, "app.conversion.edges.openvino:from_program",
          "fp32", requires=("openvino", "torch"),
          description="openvino.convert_model of the ExportedProgram"),
+    Edge("onnx", "tflite", "cpu", "tf", ToTfliteOptions, "app.conversion.edges.tflite:from_onnx",
+         "fp32", requires=("onnx2tf", "tensorflow"),
+         description="onnx2tf in the TF toolchain; inputs keep the source's layout (NCHW stays NCHW), dynamic "
+                     "batch stays dynamic"),
     Edge("onnx", "onnx", "cpu", "main", OnnxToOnnxOptions, "app.conversion.edges.onnx_opt:transform",
          "fp32", requires=("onnx", "onnxruntime"), variant="transform",
          description="graph optimisation, fp16 or dynamic INT8 quantisation with onnxruntime's tools"),

@@ -55,10 +55,15 @@ def _inspect(out_dir: Path, primary: str) -> dict | None:
     falls back to its own sandboxed inspection when this fails or is not available."""
     try:
         from app.formats import detect_and_inspect
-        from app.formats.base import ModelFiles
+        from app.formats.base import NOT_INSTALLED, ModelFiles
 
         paths = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-        return detect_and_inspect(ModelFiles(out_dir, paths, primary))
+        insp = detect_and_inspect(ModelFiles(out_dir, paths, primary))
+        missing = [u for u in insp.get("unavailable") or [] if NOT_INSTALLED in u]
+        if missing:  # this toolchain lacks a reader the main one has (the TF venv has no 'tflite')
+            print(f"[modelport] in-process inspection incomplete here: {'; '.join(missing)}", flush=True)
+            return None
+        return insp
     except Exception as e:  # noqa: BLE001 - reported, and the parent inspects again
         print(f"[modelport] in-process inspection of the artifact failed: {type(e).__name__}: {e}", flush=True)
         return None

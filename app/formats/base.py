@@ -138,8 +138,12 @@ class NeedsCode(FormatError):
     code = "model_needs_code"
 
 
+NOT_INSTALLED = "not available here"
+"""In an ``unavailable`` entry: a reader this interpreter lacks (another toolchain may have it)."""
+
+
 def missing_library(inspection: Inspection, module: str, part: str) -> None:
-    inspection.unavailable.append(f"{part}: not available here (Python module '{module}' is not installed)")
+    inspection.unavailable.append(f"{part}: {NOT_INSTALLED} (Python module '{module}' is not installed)")
 
 
 def prod(shape: list[int] | tuple[int, ...]) -> int:

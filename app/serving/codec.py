@@ -360,18 +360,30 @@ def decode_v2_request(body: bytes, header_length: int | None) -> V2Request:
     return V2Request(request_id, inputs, parameters, outputs, binary_default)
 
 
+_LAZY_MAX_KEYS = 32
+"""Objects with more keys go to the list path: simdjson looks keys up by a linear scan, and a v2
+request object has a handful."""
+
+
 def _lazy_v2_doc(header: bytes | bytearray | memoryview) -> dict[str, Any] | None:
     """The request document with every ``inputs[i]["data"]`` array left as a ``simdjson.Array``
-    (read later by :func:`_json_tensor`), everything else as plain Python values; None when
-    simdjson refuses the document or it is not an object, or an object in it repeats a key
-    (simdjson would keep the first, JSON parsers here the last): the caller then parses it as usual.
+    (read later by :func:`_json_tensor`), everything else as plain Python values; None whenever
+    this path might not give what the list path gives, which then parses the request as usual:
+    a document simdjson refuses (numbers beyond 64 bits, nesting deeper than 1024, NaN literals,
+    invalid UTF-8 or surrogates), a top level that is not an object, an object that repeats a key
+    (simdjson keeps the first, JSON parsers here the last), has more than ``_LAZY_MAX_KEYS`` keys,
+    or a key holding NUL (simdjson's lookup stops at it).
 
     A fresh parser per call: a simdjson parser can't parse again while proxies into its last
     document live, and an exception's traceback can keep them alive; making one costs ~0.1 us."""
     try:
-        root = _simdjson.Parser().parse(header if isinstance(header, bytes) else bytes(header))
-    except (ValueError, TypeError, UnicodeDecodeError, MemoryError):
+        return _lazy_v2_doc_or_none(header)
+    except Exception:  # anything simdjson raises (ValueError, RuntimeError, KeyError, ...): list path decides
         return None
+
+
+def _lazy_v2_doc_or_none(header: bytes | bytearray | memoryview) -> dict[str, Any] | None:
+    root = _simdjson.Parser().parse(header if isinstance(header, bytes) else bytes(header))
     Object, Array = _simdjson.Object, _simdjson.Array
     if not isinstance(root, Object):
         return None
@@ -383,7 +395,9 @@ def _lazy_v2_doc(header: bytes | bytearray | memoryview) -> dict[str, Any] | Non
 
     def fields(obj: Any) -> list[str] | None:
         keys = list(obj.keys())
-        return keys if len(set(keys)) == len(keys) else None
+        if len(keys) > _LAZY_MAX_KEYS or len(set(keys)) != len(keys) or any("\0" in k for k in keys):
+            return None
+        return keys
 
     keys = fields(root)
     if keys is None:
@@ -539,16 +553,29 @@ def _buffer_tensor(data: Any, dtype: np.dtype) -> np.ndarray | None:
     kind = dtype.kind
     if kind in "bO":
         return None
-    try:
-        if kind in "iu":
-            arr = np.frombuffer(data.as_buffer(of_type="i"), dtype=np.int64)
-            if arr.size and dtype != arr.dtype and not _in_range(arr, dtype):
-                return None
-        else:  # float16/32/64 and bfloat16 take any number, as on the list path
-            arr = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
-    except (TypeError, ValueError):  # INCORRECT_TYPE, NUMBER_OUT_OF_RANGE
-        return None
+    if kind in "iu":
+        arr = _as_buffer(data, "i")
+        if arr is None or (arr.size and dtype != arr.dtype and not _in_range(arr, dtype)):
+            return None
+    else:  # float16/32/64 and bfloat16 take any number, as on the list path, which makes all-integer
+        # data int64 (or uint64) first: one rounding to the float type, not two through float64
+        arr = _as_buffer(data, "i")
+        if arr is None:
+            arr = _as_buffer(data, "u")
+        if arr is None:
+            arr = _as_buffer(data, "d")
+        if arr is None:
+            return None
     return arr.astype(dtype)  # a copy: owns its memory, writeable, native byte order
+
+
+def _as_buffer(data: Any, of_type: str) -> np.ndarray | None:
+    """The numbers of a ``simdjson.Array`` as int64 ("i"), uint64 ("u") or float64 ("d"), flattened;
+    None when one of them isn't of that type (simdjson stops at the first)."""
+    try:
+        return np.frombuffer(data.as_buffer(of_type=of_type), dtype={"i": np.int64, "u": np.uint64, "d": np.float64}[of_type])
+    except (TypeError, ValueError, RuntimeError):  # INCORRECT_TYPE, NUMBER_OUT_OF_RANGE, ...
+        return None
 
 
 def _in_range(arr: np.ndarray, dtype: np.dtype) -> bool:

@@ -124,24 +124,35 @@ class ModelCache:
         return self._pick(name, rows, version)
 
     async def aresolve(self, name: str, version: str | int | None) -> dict[str, Any]:
-        """:meth:`resolve` for the event loop, which never waits on the catalog: a name with no
-        cached versions is looked up on a thread; cached versions older than a second are used
-        while a thread refreshes them (one refresh per name at a time; while the catalog is
-        unreachable the last versions seen keep serving)."""
+        """:meth:`resolve` for the event loop, which never waits on the catalog itself. Versions
+        cached less than a second ago are used as they are; up to ``STALE_S`` old, they are used
+        while a thread refreshes them (one refresh per name at a time); older, or none cached, or a
+        version asked for that the cache lacks: looked up on a thread first. When the catalog is
+        unreachable, the last versions seen keep serving; a name never seen gets a 503."""
         hit = self._names.get(name)
-        if hit is None or not hit[1]:
-            rows = await asyncio.get_running_loop().run_in_executor(None, self._lookup, name)
+        age = time.monotonic() - hit[0] if hit else None
+        wanted_missing = version not in (None, "") and hit is not None and not any(
+            str(r["version"]) == str(version) for r in hit[1])
+        if hit is None or not hit[1] or age >= self.STALE_S or wanted_missing:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self._lookup, name,
+                                                                    hit[1] if hit else None)
         else:
-            if time.monotonic() - hit[0] >= 1.0 and name not in self._refreshing:
+            if age >= 1.0 and name not in self._refreshing:
                 self._refreshing.add(name)
                 asyncio.get_running_loop().run_in_executor(None, self._refresh, name)
             rows = hit[1]
         return self._pick(name, rows, version)
 
-    def _lookup(self, name: str) -> list[dict[str, Any]]:
+    STALE_S = 30.0
+    """How old cached versions may be and still answer while a thread refreshes them."""
+
+    def _lookup(self, name: str, last: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         try:
             return self.versions(name, fresh=True)
         except Exception as e:
+            if last:
+                log.warning("looking up deployment %s failed, serving the versions seen last: %s", name, e)
+                return last
             raise ServingError(503, f"the catalog is unreachable, so deployment '{name}' can't be looked up: "
                                f"{type(e).__name__}: {e}"[:1000], "catalog_unavailable") from e
 

@@ -75,3 +75,18 @@ def max_abs_err(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
 def scale(ref: list[np.ndarray]) -> float:
     """Magnitude of the reference outputs (for tolerances relative to it)."""
     return max(1.0, *(float(np.max(np.abs(a))) for a in ref if a.size))
+
+
+def tflite(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """LiteRT (ai-edge-litert, in the main venv), inputs resized to the batch given."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    details = it.get_input_details()
+    for d, a in zip(details, inputs, strict=True):
+        it.resize_tensor_input(d["index"], list(a.shape))
+    it.allocate_tensors()
+    for d, a in zip(details, inputs, strict=True):
+        it.set_tensor(d["index"], a.astype(d["dtype"]))
+    it.invoke()
+    return [np.asarray(it.get_tensor(d["index"]), dtype=np.float32) for d in it.get_output_details()]

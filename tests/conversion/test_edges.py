@@ -588,3 +588,75 @@ def test_int8_without_nncf_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ConversionError) as ei:
         edge._save(model, tmp_path, "int8", {}, [])
     assert ei.value.tool == "nncf" and ei.value.hint == "install modelport[openvino] (nncf)"
+
+
+# ----------------------------------------------------------------------------- TFLite (TF toolchain)
+
+
+@pytest.fixture(scope="module")
+def tf_python() -> str:
+    import os
+
+    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-tf/bin/python")
+    if not py.exists():
+        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain (or set "
+                    "MODELPORT_TF_PYTHON) to test the ONNX -> TFLite edge (onnx2tf)")
+    return str(py)
+
+
+def tflite_inspection(path: Path) -> dict:
+    insp = detect_and_inspect(ModelFiles(path.parent, [path.name], path.name))
+    assert insp["format"] == "tflite"
+    return insp
+
+
+def run_tflite_edge(src: Source, work: Path, options: dict, python: str) -> tuple[dict, Path]:
+    out_dir = work / "out"
+    out_dir.mkdir()
+    result = run_edge(registry.by_name("onnx->tflite"), src, out_dir, options, python=python, timeout_s=600,
+                      memory_mb=16384, log_path=work / "convert.log")
+    return result, out_dir
+
+
+@pytest.mark.parametrize("model,precision", [("cnn", "fp32"), ("mlp", "fp32"), ("cnn", "fp16"), ("cnn", "int8")])
+def test_onnx_to_tflite(model, precision, models, onnx_of, tf_python, tmp_path):
+    edge = registry.by_name("onnx->tflite")
+    assert edge.toolchain == "tf" and edge.queue == "cpu.tf"
+    src = source(onnx_of(model)[1], ["model.onnx"])
+    result, out_dir = run_tflite_edge(src, tmp_path, {"precision": precision}, tf_python)
+    assert result["primary"] == "model.tflite" and sorted(p.name for p in out_dir.iterdir()) == ["model.tflite"]
+    assert result["versions"]["onnx2tf"] and result["versions"]["tensorflow"].startswith("2.19")
+    insp = tflite_inspection(out_dir / "model.tflite")
+    assert insp["details"]["custom_ops"] == []  # builtin ops only: GELU's Erf did not become FlexErf
+    (inp,) = insp["inputs"]
+    # the source's layout and dynamic batch survive: [batch, 3, 16, 16], not channels-last
+    assert inp["shape"][1:] == list(INPUT_SHAPES[model]) and inp["shape"][0] in (None, -1, "batch"), inp
+    if model == "cnn":
+        assert result["details"]["kept_input_layout"] == [src.inspection["inputs"][0]["name"]]
+    kw = {"atol": FP32_ATOL} if precision == "fp32" else {"rtol": FP16_RTOL if precision == "fp16" else INT8_RTOL}
+    compare(f"onnx->tflite:{precision}:{model}", model, lambda x: runners.exported_program(models / f"{model}.pt2", x),
+            lambda x: runners.tflite(out_dir / "model.tflite", x), **kw)
+    if precision == "int8":
+        assert any("dynamic-range" in w for w in result["warnings"])
+
+
+def test_onnx_to_tflite_refuses_select_tf_ops(tf_python, tmp_path):
+    """ONNX Det has no TFLite builtin: onnx2tf emits FlexMatrixDeterminant, which stock TFLite
+    runtimes can't run, so the conversion fails and names it instead of storing that artifact."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"])], "det", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root = tmp_path / "src"
+    root.mkdir()
+    onnx.save(model, str(root / "det.onnx"))
+    with pytest.raises(SandboxFailure) as ei:
+        run_tflite_edge(source(root, ["det.onnx"]), tmp_path, {"precision": "fp32"}, tf_python)
+    err = ei.value.error
+    assert "FlexMatrixDeterminant" in err["message"] and err["unsupported_operator"] == "MatrixDeterminant"
+    assert err["tool"] == "onnx2tf" and "ONNX Runtime" in err["hint"]
+    assert list((tmp_path / "out").iterdir()) == []

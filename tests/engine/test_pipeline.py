@@ -93,6 +93,9 @@ def test_report_and_report_all(embedded_client, pt2):
     targets = sorted((j["target"], j["options"].get("precision", "")) for j in jobs)
     assert ("onnx", "") in targets and ("openvino", "") in targets and ("openvino", "int8") in targets
     assert ("onnx", "fp16") in targets and ("torchscript", "") in targets
+    # no worker here has the TF toolchain: TFLite is left out, saying why, instead of a job that waits forever
+    assert [(k["target"], k["options"]) for k in r.json()["skipped"]] == [("tflite", {})]
+    assert "cpu.tf" in r.json()["skipped"][0]["reason"]
     for j in jobs:
         done = embedded_client.get(f"/v1/jobs/{j['id']}", params={"wait": 600}).json()
         assert done["status"] == "succeeded", done
@@ -182,3 +185,67 @@ def test_bf16_where_fp32_was_asked_fails(tmp_path):
         pytest.skip(f"this CPU runs OpenVINO in {bf16_runner.info.precision}, not bf16")
     bf16 = validate(ref, bf16_runner, profile="fp32")
     assert bf16["status"] == "failed" and bf16["worst"]["max_abs_err"] > 1e-3
+
+
+def test_torch_export_to_tflite_through_the_tf_toolchain(tmp_path, pt2):
+    """pt2 -> ONNX (main toolchain) -> TFLite (onnx2tf, on the cpu.tf queue under the TF venv's
+    interpreter), each artifact validated against the upload; the TFLite answers like the program."""
+    import os
+
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-tf/bin/python")
+    if not py.exists():
+        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain to test ONNX -> TFLite")
+    settings = make_settings(tmp_path, toolchains={"tf": str(py)})
+    with TestClient(create_app(settings)) as c:
+        m = upload(c, pt2)
+        r = c.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": FAST_BENCH})
+        assert r.status_code == 202, r.text
+        assert r.json()["plan"] == ["torch_export->onnx", "validate:onnx", "benchmark:onnx", "onnx->tflite",
+                                    "validate:tflite", "benchmark:tflite"]
+        job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
+        assert job["status"] == "succeeded", job
+        convert_steps = [s for s in job["steps"] if s["kind"] == "convert"]
+        assert [s["queue"] for s in convert_steps] == ["cpu", "cpu.tf"]
+        art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
+        assert art["format"] == "tflite" and art["lineage"]["edge"] == "onnx->tflite"
+        assert [i["shape"] for i in art["inspection"]["inputs"]] == [[None, 8]]  # dynamic batch kept
+        assert art["lineage"]["toolchain"]["name"] == "tf" and art["lineage"]["toolchain"]["onnx2tf"]
+        v = art["validation"]
+        assert v["status"] == "passed" and v["reference"] == f"model:{m['id']}" and v["max_abs_err"] < 1e-4, v
+        assert art["benchmark"]["status"] == "ok" and art["benchmark"]["p50_ms"] > 0
+        data = c.get(f"/v1/artifacts/{art['id']}/download").content
+    (tmp_path / "m.tflite").write_bytes(data)
+    it = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    x = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    d = it.get_input_details()[0]
+    it.resize_tensor_input(d["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(d["index"], x)
+    it.invoke()
+    got = it.get_tensor(it.get_output_details()[0]["index"])
+    want = torch.export.load(pt2).module()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_tflite_waits_for_a_worker_with_the_tf_toolchain(embedded_client, pt2):
+    m = upload(embedded_client, pt2)
+    r = embedded_client.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": False})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    for _ in range(120):  # the first (main toolchain) step runs; the TFLite step then has no worker here
+        job = embedded_client.get(f"/v1/jobs/{job['id']}").json()
+        if job["status"] in ("waiting_for_hardware", "failed", "succeeded"):
+            break
+        import time
+
+        time.sleep(0.5)
+    assert job["status"] == "waiting_for_hardware", job
+    waiting = [s for s in job["steps"] if s["status"] == "waiting_for_hardware"]
+    assert [s["queue"] for s in waiting] == ["cpu.tf"], job["steps"]

@@ -672,6 +672,16 @@ SIMDJSON_CASES = {
     "with id, parameters, outputs": _doc(_t(data=[1, 2]), id="r1", parameters={"binary_data_output": True},
                                          outputs=[{"name": "y", "parameters": {"binary_data": False}}]),
     "unknown datatype": _doc(_t(datatype="FP8", data=[1, 2])),
+    "int beyond 64 bits": _doc(_t(data=[10**20, 1])),
+    "int beyond 64 bits elsewhere": _doc(_t(data=[1, 2]), parameters={"n": 10**20}),
+    "ints beyond float64 precision": _doc(_t(shape=(3,), data=[2**60 + 2**36 + 1, -(2**62 + 1), 2**64 - 1])),
+    "ints beyond float64 precision to fp64": _doc(_t(datatype="FP64", data=[2**60 + 2**36 + 1, 2**64 - 1])),
+    "mixed int and float beyond 2**53": _doc(_t(data=[2**60 + 2**36 + 1, 0.5])),
+    "nested deeper than simdjson takes": b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":'
+                                         + b"[" * 1100 + b"1" + b"]" * 1100 + b"}]}",
+    "NUL in a key": b'{"id\\u0000":"a","id":"b","inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}',
+    "many keys": _doc(_t(data=[1, 2]), **{f"k{i}": i for i in range(100)}),
+    "many keys in an input": _doc(_t(data=[1, 2], **{f"k{i}": i for i in range(100)})),
 }
 
 

@@ -290,10 +290,33 @@ def test_catalog_lookups_never_block_the_event_loop(server, monkeypatch):
 
     monkeypatch.setattr(runtime.repo, "deployment_versions", down)
     time.sleep(1.6)  # the slow refresh has finished; the next request's refresh fails
-    for _ in range(3):
-        assert c.post("/v2/models/steady/infer", json=body).status_code == 200
-        assert c.post("/v1/deployments/steady/predict", json={"inputs": {"x": [[0.5] * 8]}}).status_code == 200
+    cache = c.app.state.models
+    for stale_s in (30.0, 0.0):  # refreshed on a thread while the cached versions answer; or looked up first
+        monkeypatch.setattr(cache, "STALE_S", stale_s)
+        for _ in range(3):
+            assert c.post("/v2/models/steady/infer", json=body).status_code == 200
+            assert c.post("/v1/deployments/steady/predict", json={"inputs": {"x": [[0.5] * 8]}}).status_code == 200
+        assert c.get("/v2/models/steady").status_code == 200  # metadata from the versions seen last
+        assert c.get("/v2/models/steady/ready").status_code == 503
     r = c.post("/v2/models/other-new-name/infer", json=body)
     assert r.status_code == 503 and "catalog is unreachable" in r.json()["error"], r.text
     r = c.post("/v1/deployments/other-new-name/predict", json={"inputs": {"x": [[0.5] * 8]}})
     assert r.status_code == 503 and r.json()["error"]["code"] == "catalog_unavailable", r.text
+
+
+def test_a_version_deployed_through_another_replica_is_found_at_once(server):
+    """The cache says v1 only; a request naming v2 looks the catalog up before answering 404."""
+    c = server["client"]
+    deploy(c, "grows", server["onnx"]["id"])
+    body = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}
+    assert c.post("/v2/models/grows/infer", json=body).status_code == 200  # cached: [v1]
+    cache = c.app.state.models
+    real_invalidate = cache.invalidate
+    cache.invalidate = lambda name: None  # as if v2 were deployed by another replica
+    try:
+        deploy(c, "grows", server["onnx"]["id"])
+    finally:
+        cache.invalidate = real_invalidate
+    r = c.post("/v2/models/grows/versions/2/infer", json=body)
+    assert r.status_code == 200 and r.json()["model_version"] == "2", r.text
+    assert c.post("/v2/models/grows/versions/3/infer", json=body).status_code == 404

@@ -1,0 +1,160 @@
+"""ONNX -> TFLite with onnx2tf, in the TF toolchain (``.venv-tf``: TensorFlow 2.19 pins numpy 1.26
+and its own onnx, so it can't share the main interpreter; see scripts/setup-tf-toolchain).
+
+onnx2tf rewrites NCHW graphs as NHWC, which TFLite's kernels prefer. Inputs of rank 3-5 keep the
+source's layout here (``keep_ncw_or_nchw_or_ncdhw_input_names``: one Transpose at the start), so
+the artifact takes the same tensors as its source and validation compares like with like. Dynamic
+batch dims stay dynamic (-1 in the TFLite shape signature). Precision: fp32, fp16 (float16
+weights, dequantized at load), int8 (dynamic-range: int8 weights, float activations).
+
+Only TFLite builtin operators are accepted: ``Erf`` (GELU) would otherwise become the select-TF op
+``FlexErf``, which stock TFLite runtimes (LiteRT, Android without select-ops) cannot run, so it
+is written with builtin ops (onnx2tf's pseudo Erf, Abramowitz-Stegun 7.1.26, |error| < 1.5e-7).
+The artifact's operator codes are read before it is accepted; one that still needs TensorFlow
+ops fails the conversion and names them. onnx2tf keeps a -1 batch in the signature even where a
+Reshape fixed the batch; LiteRT runs the artifact at batch 2 here, and if it can't, it is
+converted again with the batch pinned to 1 (a warning says so).
+
+Runs under the TF interpreter, where pydantic is not installed: the options arrive validated, with
+defaults filled, by the planner (app.conversion.planner)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from app.conversion.edges._common import fail, versions
+from app.conversion.io import ConversionError, Result, Source
+
+_OUTPUT_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_dynamic_range_quant.tflite"}
+_HINT = ("onnx2tf could not convert this graph: give it static shapes (re-export with fixed sizes), "
+         "simplify it (onnxsim), or target ONNX Runtime / OpenVINO instead")
+
+
+def _layout_inputs(model) -> list[str]:
+    """Graph inputs (not initializers) of rank 3 to 5: the ones onnx2tf would turn channels-last."""
+    inits = {t.name for t in model.graph.initializer}
+    names = []
+    for inp in model.graph.input:
+        if inp.name in inits or not inp.type.HasField("tensor_type"):
+            continue
+        if inp.type.tensor_type.HasField("shape") and 3 <= len(inp.type.tensor_type.shape.dim) <= 5:
+            names.append(inp.name)
+    return names
+
+
+def _check_builtin_only(path: Path) -> None:
+    """Refuse a model that needs select-TF ("Flex") or other custom ops: stock TFLite runtimes
+    can't run them. Reads the op codes (LiteRT next to TensorFlow would load Flex ops, so trying
+    to load the model here proves nothing)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    custom_code = 32  # tflite BuiltinOperator.CUSTOM
+    model = flatbuffer_utils.read_model(str(path))
+    custom = sorted({(oc.customCode or b"").decode("utf-8", "replace") or "<unnamed>" for oc in model.operatorCodes
+                     if custom_code in (oc.builtinCode, oc.deprecatedBuiltinCode)})
+    if custom:
+        raise ConversionError(
+            f"the TFLite model needs operators stock TFLite runtimes lack: {', '.join(custom)} (TensorFlow "
+            "select ops)", tool="onnx2tf", tool_version=versions("onnx2tf").get("onnx2tf"),
+            unsupported_operator=", ".join(c.removeprefix("Flex") for c in custom),
+            hint="replace those operators in the source model, or target ONNX Runtime / OpenVINO")
+
+
+def _runs_batched(path: Path) -> bool:
+    """Whether a model whose inputs have a dynamic batch dim runs at batch 2 (LiteRT here). onnx2tf
+    keeps the -1 in the signature even where a Reshape in the graph fixed the batch to 1."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        it = Interpreter(model_path=str(path))
+        details = it.get_input_details()
+    except Exception as e:
+        raise fail(e, doing="loading the converted model with LiteRT", tool="ai-edge-litert") from None
+    if not details or not all(len(d["shape_signature"]) and d["shape_signature"][0] == -1 for d in details):
+        return True  # nothing to vary
+    try:
+        for d in details:
+            it.resize_tensor_input(d["index"], [2, *[int(x) for x in d["shape"][1:]]])
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
+        it.invoke()
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _convert(src: Source, out_dir: Path, precision: str, keep: list[str], batch_size: int | None) -> Path:
+    """Run onnx2tf into a fresh folder next to ``out_dir``; the .tflite file it made for ``precision``."""
+    import onnx2tf
+
+    work = Path(tempfile.mkdtemp(prefix="onnx2tf-", dir=out_dir.parent))
+    log = io.StringIO()
+    tool_version = versions("onnx2tf").get("onnx2tf")
+    try:
+        with contextlib.redirect_stdout(log):
+            onnx2tf.convert(
+                input_onnx_file_path=str(src.primary_path),
+                output_folder_path=str(work),
+                copy_onnx_input_output_names_to_tflite=True,
+                keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
+                output_dynamic_range_quantized_tflite=precision == "int8",
+                replace_to_pseudo_operators=["erf"],  # lower case: the API compares so
+                batch_size=batch_size,
+                non_verbose=True,
+            )
+    except SystemExit as e:  # onnx2tf exits after printing its error
+        sys.stdout.write(log.getvalue()[-20000:])
+        raise ConversionError(f"onnx2tf failed (exit status {e.code}); its output is in the job log",
+                              tool="onnx2tf", tool_version=tool_version, hint=_HINT) from None
+    except Exception as e:
+        sys.stdout.write(log.getvalue()[-20000:])
+        raise fail(e, doing="onnx2tf.convert", tool="onnx2tf", hint=_HINT) from None
+    sys.stdout.write(log.getvalue()[-4000:])
+    made = sorted(work.glob(f"*{_OUTPUT_SUFFIX[precision]}"))
+    if not made:
+        raise ConversionError(f"onnx2tf wrote no {_OUTPUT_SUFFIX[precision]} file "
+                              f"(it wrote: {', '.join(sorted(p.name for p in work.iterdir())) or 'nothing'})",
+                              tool="onnx2tf", tool_version=tool_version, hint=_HINT)
+    return made[0]
+
+
+def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
+    import onnx
+
+    precision = options.get("precision", "fp32")
+    if precision not in _OUTPUT_SUFFIX:
+        raise ConversionError(f"precision must be one of {', '.join(_OUTPUT_SUFFIX)}, got {precision!r}")
+    try:
+        model = onnx.load(str(src.primary_path), load_external_data=False)
+    except Exception as e:
+        raise fail(e, doing="reading the ONNX model", tool="onnx") from None
+    keep = _layout_inputs(model)
+    warns: list[str] = []
+    made = _convert(src, out_dir, precision, keep, batch_size=None)
+    try:
+        _check_builtin_only(made)  # first: a model LiteRT can't load must not look like a batch problem
+        if not _runs_batched(made):
+            warns.append("the converted model cannot run another batch size than 1 (a Reshape in the graph fixes "
+                         "it), so its batch dimension is pinned to 1")
+            shutil.rmtree(made.parent, ignore_errors=True)
+            made = _convert(src, out_dir, precision, keep, batch_size=1)
+            _check_builtin_only(made)
+        shutil.move(str(made), out_dir / "model.tflite")
+    finally:
+        shutil.rmtree(made.parent, ignore_errors=True)
+    inits = {t.name for t in model.graph.initializer}
+    details = {"precision": precision, "kept_input_layout": keep, "batch_pinned_to_1": bool(warns),
+               "onnx_inputs": [i.name for i in model.graph.input if i.name not in inits],
+               "onnx_outputs": [o.name for o in model.graph.output]}
+    if precision == "int8":
+        warns.append("int8 is dynamic-range quantisation: int8 weights, float activations (no calibration data)")
+    return Result(primary="model.tflite", details=details, warnings=warns,
+                  versions=versions("onnx2tf", "tensorflow", "onnx"))
