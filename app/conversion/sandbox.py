@@ -5,11 +5,14 @@ killed, runs out of memory or hangs fails its step with a reason; it never takes
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import resource
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,6 +23,25 @@ from app.conversion.base import Edge
 from app.conversion.io import Source
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def import_root(python: str) -> Path:
+    """What goes on the child's PYTHONPATH so that it can import ``app``. The main interpreter gets
+    the project root. Another toolchain's interpreter gets a folder holding only a link to the
+    ``app`` package: when modelport is installed (not a checkout), the project root is the main
+    environment's site-packages, whose numpy, onnx and protobuf would shadow the toolchain's own."""
+    if python == sys.executable:
+        return PROJECT_ROOT
+    digest = hashlib.sha256(str(APP_DIR).encode()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / f"modelport-import-root-{os.getuid()}-{digest}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    link = root / "app"
+    if not link.is_symlink() or link.resolve() != APP_DIR:
+        tmp = root / f".app-{os.getpid()}-{time.monotonic_ns()}"
+        tmp.symlink_to(APP_DIR, target_is_directory=True)
+        tmp.replace(link)  # atomic, also over a stale link
+    return root
 
 
 class SandboxFailure(Exception):
@@ -54,7 +76,7 @@ def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(import_root(python)), os.environ.get("PYTHONPATH", "")]),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = time.monotonic()

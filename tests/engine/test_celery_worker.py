@@ -4,6 +4,7 @@ mid-conversion to check that steps are retried or failed, never left running."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,3 +176,36 @@ def test_cancel_a_queued_job(deployment, tmp_path):
     assert cancelled["status"] == "cancelled" and cancelled["steps"][0]["status"] == "cancelled"
     again = client.post(f"/v1/models/{m['id']}/conversions", json={"target": "safetensors"})
     assert again.status_code == 202 and again.json()["id"] != job["id"]
+
+
+def test_tflite_step_runs_on_the_worker_with_the_tf_toolchain(deployment, tmp_path):
+    """Queues pinned to toolchains across processes: the ONNX -> TFLite step waits for a worker
+    that serves cpu.tf (one started with MODELPORT_TOOLCHAINS), the TFLite artifact's validation
+    then runs on the plain cpu worker, and a worker without the toolchain refuses that queue."""
+    tf_python = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-tf/bin/python")
+    if not tf_python.exists():
+        pytest.skip(f"TF toolchain interpreter {tf_python} not found: run scripts/setup-tf-toolchain")
+    client, start_worker, logs = deployment
+    refused = subprocess.run([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu.tf"],
+                             env={**os.environ, "MODELPORT_BROKER_URL": REDIS_URL, "MODELPORT_TOOLCHAINS": "{}",
+                                  "MODELPORT_DATA_DIR": str(tmp_path / "refused")},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "refusing queue 'cpu.tf'" in refused.stderr, refused.stderr
+    start_worker("plain", queues="cpu")
+    (onnx_path,) = models.onnx_model(tmp_path)
+    m = upload(client, onnx_path)
+    wait_for(lambda: client.get("/v1/formats/plan", params={"source": "pytorch", "target": "safetensors"})
+             .json()["steps"][0]["worker_available"], 60, "the cpu worker to announce itself", logs)
+    r = client.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": False})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "waiting_for_hardware" and job["steps"][0]["queue"] == "cpu.tf"
+    start_worker("tf", queues="cpu.tf", MODELPORT_TOOLCHAINS=json.dumps({"tf": str(tf_python)}))
+    job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"] in ("succeeded", "failed")
+                   and j, 300, "the TFLite job to finish", logs)
+    assert job["status"] == "succeeded", job
+    convert, validate = job["steps"][0], job["steps"][1]
+    assert convert["queue"] == "cpu.tf" and validate["queue"] == "cpu"
+    assert convert["worker"] != validate["worker"]  # each ran on the worker serving its queue
+    art = client.get(f"/v1/artifacts/{job['artifact_id']}").json()
+    assert art["format"] == "tflite" and art["validation"]["status"] == "passed", art["validation"]

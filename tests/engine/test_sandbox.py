@@ -62,11 +62,17 @@ def test_cancel_through_poll(state_dict_source, tmp_path):
 def test_the_edge_runs_under_the_toolchain_interpreter(state_dict_source, tmp_path):
     marker = tmp_path / "used"
     wrapper = tmp_path / "toolchain-python"
-    wrapper.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\nexec {sys.executable} \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\necho \"$PYTHONPATH\" >> {marker}\n"
+                       f"exec {sys.executable} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     result = run(state_dict_source, tmp_path, python=str(wrapper))
     assert result["primary"].endswith(".safetensors")
-    assert "app.conversion.run" in marker.read_text()
+    args, pythonpath = marker.read_text().splitlines()[:2]
+    assert "app.conversion.run" in args
+    # another toolchain sees the app package and nothing else of the main environment
+    root = Path(pythonpath.split(os.pathsep)[0])
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == ["app"]
+    assert (root / "app").resolve() == Path(__file__).resolve().parents[2] / "app"
 
 
 def test_missing_toolchain_interpreter(tmp_path):
