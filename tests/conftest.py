@@ -123,3 +123,14 @@ def embedded_client(tmp_path):
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         c.settings = settings
         yield c
+
+
+@pytest.fixture(scope="session")
+def tf_python() -> str:
+    """The TF toolchain's interpreter (``MODELPORT_TF_PYTHON`` or ``.venv-tf/bin/python``, made by
+    scripts/setup-tf-toolchain, which ./scripts/test runs); tests that need it skip, saying so, without."""
+    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[1] / ".venv-tf/bin/python")
+    if not py.exists():
+        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain (or set "
+                    "MODELPORT_TF_PYTHON) to test the ONNX -> TFLite edge (onnx2tf)")
+    return str(py)

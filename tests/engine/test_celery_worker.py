@@ -178,13 +178,10 @@ def test_cancel_a_queued_job(deployment, tmp_path):
     assert again.status_code == 202 and again.json()["id"] != job["id"]
 
 
-def test_tflite_step_runs_on_the_worker_with_the_tf_toolchain(deployment, tmp_path):
+def test_tflite_step_runs_on_the_worker_with_the_tf_toolchain(deployment, tmp_path, tf_python):
     """Queues pinned to toolchains across processes: the ONNX -> TFLite step waits for a worker
     that serves cpu.tf (one started with MODELPORT_TOOLCHAINS), the TFLite artifact's validation
     then runs on the plain cpu worker, and a worker without the toolchain refuses that queue."""
-    tf_python = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-tf/bin/python")
-    if not tf_python.exists():
-        pytest.skip(f"TF toolchain interpreter {tf_python} not found: run scripts/setup-tf-toolchain")
     client, start_worker, logs = deployment
     refused = subprocess.run([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu.tf"],
                              env={**os.environ, "MODELPORT_BROKER_URL": REDIS_URL, "MODELPORT_TOOLCHAINS": "{}",
@@ -200,7 +197,7 @@ def test_tflite_step_runs_on_the_worker_with_the_tf_toolchain(deployment, tmp_pa
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] == "waiting_for_hardware" and job["steps"][0]["queue"] == "cpu.tf"
-    start_worker("tf", queues="cpu.tf", MODELPORT_TOOLCHAINS=json.dumps({"tf": str(tf_python)}))
+    start_worker("tf", queues="cpu.tf", MODELPORT_TOOLCHAINS=json.dumps({"tf": tf_python}))
     job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"] in ("succeeded", "failed")
                    and j, 300, "the TFLite job to finish", logs)
     assert job["status"] == "succeeded", job

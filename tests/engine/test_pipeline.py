@@ -187,11 +187,9 @@ def test_bf16_where_fp32_was_asked_fails(tmp_path):
     assert bf16["status"] == "failed" and bf16["worst"]["max_abs_err"] > 1e-3
 
 
-def test_torch_export_to_tflite_through_the_tf_toolchain(tmp_path, pt2):
+def test_torch_export_to_tflite_through_the_tf_toolchain(tmp_path, pt2, tf_python):
     """pt2 -> ONNX (main toolchain) -> TFLite (onnx2tf, on the cpu.tf queue under the TF venv's
     interpreter), each artifact validated against the upload; the TFLite answers like the program."""
-    import os
-
     import torch
     from ai_edge_litert.interpreter import Interpreter
     from fastapi.testclient import TestClient
@@ -199,10 +197,7 @@ def test_torch_export_to_tflite_through_the_tf_toolchain(tmp_path, pt2):
     from app.main import create_app
     from tests.conftest import make_settings
 
-    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[2] / ".venv-tf/bin/python")
-    if not py.exists():
-        pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain to test ONNX -> TFLite")
-    settings = make_settings(tmp_path, toolchains={"tf": str(py)})
+    settings = make_settings(tmp_path, toolchains={"tf": tf_python})
     with TestClient(create_app(settings)) as c:
         m = upload(c, pt2)
         r = c.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": FAST_BENCH})
