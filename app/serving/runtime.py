@@ -110,6 +110,12 @@ class ModelCache:
                      "runtime": d.runtime, "batching": d.batching, "reason": d.reason}
                     for d in repo.deployment_versions(s, name)]
         self._names[name] = (now, rows)
+        ids = {r["id"] for r in rows}
+        with self.lock:  # versions deleted through another replica: let go of their runners here too
+            gone = [i for i, lm in self.loaded.items() if lm.name == name and i not in ids]
+        if gone:
+            log.info("unloading %d version(s) of %s: no longer in the catalog", len(gone), name)
+            self.unload(gone)
         return rows
 
     def invalidate(self, name: str) -> None:

@@ -82,3 +82,4 @@ def test_a_deployment_made_on_one_replica_is_served_by_another(replicas, tmp_pat
         assert r.status_code == 200 and time.monotonic() < deadline, r.text
         time.sleep(0.3)
     assert "no deployment named 'shared'" in r.json()["error"]
+    assert [lm.name for lm in b.app.state.models.loaded.values()] == []  # and b let go of its runners
