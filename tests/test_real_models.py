@@ -140,15 +140,25 @@ def test_tflite_matches_litert(embedded_client, wheels, spec, path, tmp_path):
     f = tmp_path / "m.tflite"
     f.write_bytes(data)
     it = interp_mod.Interpreter(model_path=str(f))
+    sig = it._get_full_signature_list()  # LiteRT's own reading of the signature defs
+    one = next(iter(sig.values())) if len(sig) == 1 else None
 
-    def native(details):
-        return [(d["name"], str(np.dtype(d["dtype"])), [int(x) for x in d["shape_signature"]]) for d in details]
+    def native(details, which):
+        names = {i: n for n, i in one[which].items()} if one and set(one[which].values()) == {
+            d["index"] for d in details} else {}
+        return [(names.get(d["index"], d["name"]), str(np.dtype(d["dtype"])), [int(x) for x in d["shape_signature"]])
+                for d in details]
 
     insp = m["inspection"]
     got_in = [(t["name"], t["dtype"], [x if x is not None else -1 for x in t["shape"]]) for t in insp["inputs"]]
     got_out = [(t["name"], t["dtype"], [x if x is not None else -1 for x in t["shape"]]) for t in insp["outputs"]]
-    assert sorted(got_in) == sorted(native(it.get_input_details()))
-    assert sorted(got_out) == sorted(native(it.get_output_details()))
+    assert sorted(got_in) == sorted(native(it.get_input_details(), "inputs"))
+    assert sorted(got_out) == sorted(native(it.get_output_details(), "outputs"))
+    from app.runners import open_runner
+
+    runner = open_runner("tflite", tmp_path, ["m.tflite"], "m.tflite")  # names as the inspection gives them
+    assert [s.name for s in runner.inputs()] == [t["name"] for t in insp["inputs"]]
+    assert [s.name for s in runner.outputs()] == [t["name"] for t in insp["outputs"]]
 
 
 @pytest.mark.parametrize("spec,path,devices", [

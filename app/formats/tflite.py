@@ -190,6 +190,25 @@ def inspect(files: ModelFiles, det: Detection) -> Inspection:
     return insp
 
 
+def _name_by_signature(insp: Inspection, signatures: list[dict[str, Any]], in_q: list[dict], out_q: list[dict]) -> None:
+    """Name inputs and outputs after the model's only signature when it maps exactly the main
+    subgraph's I/O tensors under distinct names (``x``, not ``serving_default_x:0``); the TFLite
+    runner names them by the same rule. Tensor names stay in ``details.tensor_names``."""
+    if len(signatures) != 1 or signatures[0]["subgraph_index"] != 0:
+        return
+    sig = signatures[0]
+    ins = {m["tensor_index"]: m["name"] for m in sig["inputs"]}
+    outs = {m["tensor_index"]: m["name"] for m in sig["outputs"]}
+    if set(ins) != {q["index"] for q in in_q} or set(outs) != {q["index"] for q in out_q}:
+        return
+    if len(set(ins.values()) | set(outs.values())) != len(ins) + len(outs) or not all([*ins.values(), *outs.values()]):
+        return
+    insp.details["tensor_names"] = {"inputs": [t.name for t in insp.inputs], "outputs": [t.name for t in insp.outputs]}
+    for specs, quant, names in ((insp.inputs, in_q, ins), (insp.outputs, out_q, outs)):
+        for spec, q in zip(specs, quant, strict=True):
+            spec.name = q["name"] = names[q["index"]]
+
+
 def _inspect_model(insp: Inspection, buf: Any, size: int, Model: Any, opnames: dict[int, str]) -> None:
     root = int.from_bytes(buf[0:4], "little")
     if root < 8 or root + 4 > size:
@@ -332,6 +351,7 @@ def _inspect_model(insp: Inspection, buf: Any, size: int, Model: Any, opnames: d
                 "outputs": tmap("Outputs"),
             }
         )
+    _name_by_signature(insp, signatures, in_q, out_q)
 
     # Metadata (names; min_runtime_version is a short string buffer).
     n_md = _count(_read(model.MetadataLength, "metadata"), limit, "metadata")

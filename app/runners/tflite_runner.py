@@ -1,7 +1,10 @@
 """TFLite flatbuffers on LiteRT (``ai_edge_litert``; ``tflite_runtime`` as a fallback), CPU.
 
-Inputs and outputs are the interpreter's tensor details (names as ``get_input_details`` gives
-them, ``-1`` in ``shape_signature`` -> ``None``). A feed whose shape differs from the tensor's
+Inputs and outputs are the interpreter's tensor details (``-1`` in ``shape_signature`` ->
+``None``), named by the model's signature when it has exactly one that covers every input and
+output (TF 2.5+ converters write one: ``x`` rather than ``serving_default_x:0``, and outputs get
+their source names instead of ``StatefulPartitionedCall:0``); by tensor name otherwise. The same
+rule names them in app.formats.tflite, so inspection, runner and the deployed signature agree. A feed whose shape differs from the tensor's
 current one resizes it (dynamic batch) and re-allocates. Quantized models: a float feed for an
 int8/uint8/int16 input with quantization parameters is quantized with that input's scale and
 zero point, and then the quantized outputs of that call are dequantized to float32 (recorded in
@@ -82,6 +85,25 @@ def _spec(d) -> IOSpec:
     return IOSpec(d["name"], np.dtype(d["dtype"]).name, [int(x) if x >= 0 else None for x in sig])
 
 
+def signature_names(it, inputs: list[dict], outputs: list[dict]) -> tuple[dict[int, str], dict[int, str]] | None:
+    """Tensor index -> signature name for the inputs and outputs, from the model's only signature
+    when it maps exactly these tensors under distinct names; None otherwise."""
+    try:
+        sigs = it._get_full_signature_list()
+    except Exception:  # private API gone, or no signatures: tensor names then
+        return None
+    if not isinstance(sigs, dict) or len(sigs) != 1:
+        return None
+    (sig,) = sigs.values()
+    ins = {int(i): str(n) for n, i in (sig.get("inputs") or {}).items()}
+    outs = {int(i): str(n) for n, i in (sig.get("outputs") or {}).items()}
+    if set(ins) != {d["index"] for d in inputs} or set(outs) != {d["index"] for d in outputs}:
+        return None
+    if len(set(ins.values()) | set(outs.values())) != len(ins) + len(outs):
+        return None
+    return ins, outs
+
+
 class TfliteRunner(Runner):
     def __init__(self, path: Path, precision: str, threads: int | None):
         cls, runtime, version = _interpreter_class()
@@ -90,6 +112,10 @@ class TfliteRunner(Runner):
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
+        names = signature_names(self._it, self._in, self._out)
+        if names is not None:  # index-addressed below; only what callers see is renamed
+            self._in = [{**d, "name": names[0][d["index"]]} for d in self._in]
+            self._out = [{**d, "name": names[1][d["index"]]} for d in self._out]
         self._inputs = [_spec(d) for d in self._in]
         self._outputs = [_spec(d) for d in self._out]
         self._in_q = {d["name"]: _quant(d) for d in self._in}

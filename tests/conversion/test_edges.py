@@ -649,3 +649,41 @@ def test_onnx_to_tflite_refuses_select_tf_ops(tf_python, tmp_path):
     assert "FlexMatrixDeterminant" in err["message"] and err["unsupported_operator"] == "MatrixDeterminant"
     assert err["tool"] == "onnx2tf" and "ONNX Runtime" in err["hint"]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_onnx_to_tflite_keeps_input_and_output_names(tf_python, tmp_path):
+    """onnx2tf orders TFLite inputs by name (amp before zed) and names tensors serving_default_*:0;
+    the TFLite runner and inspection name them by the signature, so they line up with the ONNX
+    model's by name, and the pipeline's validation compares the right tensors."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from app.runners import open_runner
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["zed", "w"], ["h"]), helper.make_node("Mul", ["h", "amp"], ["y"]),
+         helper.make_node("Relu", ["h"], ["r"])], "two",
+        [helper.make_tensor_value_info("zed", TensorProto.FLOAT, ["n", 8]),
+         helper.make_tensor_value_info("amp", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3]),
+         helper.make_tensor_value_info("r", TensorProto.FLOAT, ["n", 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root = tmp_path / "src"
+    root.mkdir()
+    onnx.save(model, str(root / "two.onnx"))
+    _, out_dir = run_tflite_edge(source(root, ["two.onnx"]), tmp_path, {"precision": "fp32"}, tf_python)
+    insp = tflite_inspection(out_dir / "model.tflite")
+    assert sorted(t["name"] for t in insp["inputs"]) == ["amp", "zed"]
+    assert sorted(t["name"] for t in insp["outputs"]) == ["r", "y"]
+    ref = open_runner("onnx", root, ["two.onnx"], "two.onnx")
+    got = open_runner("tflite", out_dir, ["model.tflite"], "model.tflite")
+    assert sorted(s.name for s in got.inputs()) == ["amp", "zed"]
+    feeds = {"zed": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32),
+             "amp": np.array([[2.0], [-0.5]], np.float32)}
+    want, have = ref.run(feeds), got.run(feeds)
+    assert sorted(have) == ["r", "y"]
+    for name in ("y", "r"):
+        np.testing.assert_allclose(have[name], want[name], atol=1e-5)

@@ -491,8 +491,12 @@ def test_tflite_float(tf_models: Path, facts: dict):
     det = tflite.detect(files)
     assert det is not None and det.format == "tflite"
     insp = tflite.inspect(files, det)
-    assert specs(insp.inputs) == [(facts["float_io"]["inputs"][0], "float32", [None, 8])]
-    assert specs(insp.outputs) == [(facts["float_io"]["outputs"][0], "float32", [None, 3])]
+    # named by the (only) signature, as the TFLite runner names them; TF's tensor names kept aside
+    sig_io = facts["float_io"]["signatures"]["serving_default"]
+    assert specs(insp.inputs) == [(sig_io["inputs"][0], "float32", [None, 8])]
+    assert specs(insp.outputs) == [(sig_io["outputs"][0], "float32", [None, 3])]
+    assert insp.details["tensor_names"] == {"inputs": facts["float_io"]["inputs"],
+                                            "outputs": facts["float_io"]["outputs"]}
     assert insp.params == facts["mlp_params"] == 195
     assert insp.versions["tflite_schema"] == 3
     assert insp.versions["min_runtime_version"]
@@ -514,8 +518,9 @@ def test_tflite_int8(tf_models: Path, facts: dict):
     files = one(tf_models, "dense_int8.tflite")
     insp = tflite.inspect(files, tflite.detect(files))
     truth_in, truth_out = facts["int8_io"]["inputs"][0], facts["int8_io"]["outputs"][0]
-    assert specs(insp.inputs) == [(truth_in["name"], "int8", [None, 8])]
-    assert specs(insp.outputs) == [(truth_out["name"], "int8", [None, 3])]
+    assert insp.details["tensor_names"] == {"inputs": [truth_in["name"]], "outputs": [truth_out["name"]]}
+    assert [t.dtype for t in insp.inputs] == ["int8"] and [t.shape for t in insp.inputs] == [[None, 8]]
+    assert [t.dtype for t in insp.outputs] == ["int8"] and [t.shape for t in insp.outputs] == [[None, 3]]
     q_in = insp.details["quantization"]["inputs"][0]["quantization"]
     q_out = insp.details["quantization"]["outputs"][0]["quantization"]
     assert q_in["scale"] == pytest.approx(truth_in["scale"]) and q_in["zero_point"] == truth_in["zero_point"]

@@ -319,7 +319,7 @@ def test_tflite_matches_torch_eager(tflite_models):
     r = open_runner("tflite", tflite_models, ["mlp.tflite"], "mlp.tflite", threads=2)
     assert (r.info.runtime, r.info.precision, r.info.threads) == ("litert", "fp32", 2)
     (i,), (o,) = r.inputs(), r.outputs()
-    assert (i.name, i.dtype, i.shape) == ("serving_default_features:0", "float32", [None, 8])
+    assert (i.name, i.dtype, i.shape) == ("features", "float32", [None, 8])  # the signature's name
     assert (o.dtype, o.shape) == ("float32", [None, 4])
     for n in (1, 3, 1):
         x = batch("mlp", n)
