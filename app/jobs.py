@@ -90,13 +90,15 @@ def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, A
     """(kind, name, queue, options) for every step: each conversion, then the validation and the
     benchmark of its artifact, on the queue of the hardware its runtime needs."""
     from app.pipeline import RUNTIME_HARDWARE
+    from app.runners import TF_ONLY
 
     steps = []
     for e, o in zip(plan.edges, plan.options, strict=True):
         steps.append(("convert", e.name, e.queue, o))
         hw = RUNTIME_HARDWARE.get(e.target, "cpu")
         if validate:
-            steps.append(("validate", f"validate:{e.target}", hw,
+            # proven against the upload: a TensorFlow model runs only under the TF toolchain
+            steps.append(("validate", f"validate:{e.target}", "cpu.tf" if plan.source in TF_ONLY else hw,
                           {"profile": registry.tolerance(e, o), "overrides": tolerance,
                            "weights_key": o.get("weights_key")}))
         if benchmark is not None:
@@ -323,7 +325,7 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
         s.refresh(step)
         job.status = "running"
         job.started_at = job.started_at or now
-        kind, attempt, options, label = step.kind, step.attempts, dict(step.options), step.edge
+        kind, attempt, options, label, queue = step.kind, step.attempts, dict(step.options), step.edge, step.queue
         edge = registry.by_name(step.edge) if kind == "convert" else None
         work = _gather(s, job, step)
         specs, job_id = job.input_specs, job.id
@@ -343,17 +345,18 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{step_id[:8]}").start()
     try:
         return _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work,
-                        specs, job_id, label)
+                        specs, job_id, label, queue)
     finally:
         beat_stop.set()
 
 
 def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work, specs,
-             job_id, label) -> str:
+             job_id, label, queue: str = "cpu") -> str:
     from app.conversion import sandbox
     from app.conversion.io import Source
 
-    toolchain = edge.toolchain if edge else "main"
+    # an edge says its toolchain; a validation or benchmark runs under the one its queue names (cpu.tf: tf)
+    toolchain = edge.toolchain if edge else (queue.split(".", 1)[1] if "." in queue else "main")
     python = settings.toolchain_python(toolchain)
     workdir = settings.tmp_dir / f"step-{step_id}-{attempt}"
     shutil.rmtree(workdir, ignore_errors=True)

@@ -75,6 +75,13 @@ EDGES: tuple[Edge, ...] = (
          "fp32", requires=("onnx2tf", "tensorflow"),
          description="onnx2tf in the TF toolchain; inputs keep the source's layout (NCHW stays NCHW), dynamic "
                      "batch stays dynamic"),
+    Edge("savedmodel", "tflite", "cpu", "tf", ToTfliteOptions, "app.conversion.edges.tflite:from_savedmodel",
+         "fp32", requires=("tensorflow",),
+         description="tf.lite.TFLiteConverter.from_saved_model of the serving signature; builtin ops only"),
+    Edge("keras", "tflite", "cpu", "tf", ToTfliteOptions, "app.conversion.edges.tflite:from_keras",
+         "fp32", requires=("tensorflow",),
+         description="Keras 3 (.keras, safe_mode) via model.export, or tf_keras (.h5); builtin ops only; "
+                     "models with Lambda bytecode refused"),
     Edge("onnx", "onnx", "cpu", "main", OnnxToOnnxOptions, "app.conversion.edges.onnx_opt:transform",
          "fp32", requires=("onnx", "onnxruntime"), variant="transform",
          description="graph optimisation, fp16 or dynamic INT8 quantisation with onnxruntime's tools"),

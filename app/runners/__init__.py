@@ -20,7 +20,11 @@ RUNNER_MODULES: dict[str, str] = {
     "tflite": "tflite_runner",
     "coreml": "coreml_runner",
     "tensorrt": "tensorrt_runner",
+    "savedmodel": "tensorflow_runner",  # TensorFlow: only under the TF toolchain (queue cpu.tf)
+    "keras": "tensorflow_runner",
 }
+TF_ONLY = {"savedmodel", "keras"}
+"""Formats whose runner needs TensorFlow, which only the TF toolchain has: their validation runs there."""
 WEIGHTS_ONLY = {"pytorch", "safetensors"}
 
 
@@ -32,7 +36,9 @@ def open_runner(fmt: str, root: Path, paths: list[str], primary: str, *, precisi
     if name is None:
         raise RunnerUnavailable(f"no runner for format '{fmt}'")
     module = importlib.import_module(f"app.runners.{name}")
+    if name == "tensorflow_runner":
+        kw["fmt"] = fmt
     return module.load(root, paths, primary, precision=precision, threads=threads, **kw)
 
 
-__all__ = ["Runner", "RunnerUnavailable", "open_runner", "RUNNER_MODULES", "WEIGHTS_ONLY"]
+__all__ = ["Runner", "RunnerUnavailable", "open_runner", "RUNNER_MODULES", "TF_ONLY", "WEIGHTS_ONLY"]

@@ -158,3 +158,89 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
         warns.append("int8 is dynamic-range quantisation: int8 weights, float activations (no calibration data)")
     return Result(primary="model.tflite", details=details, warnings=warns,
                   versions=versions("onnx2tf", "tensorflow", "onnx"))
+
+
+# ----------------------------------------------------------------------------- TensorFlow sources
+
+
+def _tf_convert(converter, precision: str, doing: str) -> bytes:
+    """Run a TFLiteConverter with builtin ops only and the precision asked for."""
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision in ("fp16", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic range (weights)
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        return converter.convert()
+    except Exception as e:
+        text = str(e)
+        select = "select" in text.lower() or "flex" in text.lower() or "not supported" in text.lower()
+        raise fail(e, doing=doing, tool="tensorflow",
+                   hint="the model uses operators TFLite has no builtin for: replace them, or target another "
+                        "runtime" if select else None) from None
+
+
+def _tf_result(data: bytes, out_dir: Path, precision: str, details: dict[str, Any], warns: list[str]) -> Result:
+    (out_dir / "model.tflite").write_bytes(data)
+    details["precision"] = precision
+    if precision == "int8":
+        warns.append("int8 is dynamic-range quantisation: int8 weights, float activations (no calibration data)")
+    return Result(primary="model.tflite", details=details, warnings=warns, versions=versions("tensorflow", "keras",
+                                                                                               "tf_keras"))
+
+
+def from_savedmodel(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
+    """SavedModel -> TFLite with tf.lite.TFLiteConverter.from_saved_model (its serving signature)."""
+    import tensorflow as tf
+
+    precision = options.get("precision", "fp32")
+    path = src.primary_path
+    folder = path.parent if path.name in ("saved_model.pb", "saved_model.pbtxt") else path
+    try:
+        sigs = list(tf.saved_model.load(str(folder)).signatures)
+    except Exception as e:
+        raise fail(e, doing="tf.saved_model.load", tool="tensorflow") from None
+    if "serving_default" in sigs:
+        key = "serving_default"
+    elif len(sigs) == 1:
+        key = sigs[0]
+    else:
+        raise ConversionError(f"the SavedModel has no 'serving_default' signature (it has {', '.join(sigs) or 'none'})",
+                              tool="tensorflow", hint="save the model with the signature to serve as serving_default")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=[key])
+    data = _tf_convert(converter, precision, "TFLiteConverter.from_saved_model")
+    warns = [f"converted signature '{key}'; the others ({', '.join(s for s in sigs if s != key)}) are not in the "
+             "TFLite file"] if len(sigs) > 1 else []
+    return _tf_result(data, out_dir, precision, {"signature": key}, warns)
+
+
+def from_keras(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
+    """Keras 3 (.keras: model.export to a SavedModel first) or tf_keras (.h5: from_keras_model) -> TFLite.
+    A model whose inspection found code (Lambda bytecode) is refused: loading it would run it."""
+    import tensorflow as tf
+
+    safety = (src.inspection or {}).get("safety") or {}
+    if safety.get("status") == "contains_code":
+        raise ConversionError(f"not converted: {safety.get('message', 'the model holds code')}",
+                              hint="rebuild the model without Lambda layers (or with registered custom layers)")
+    precision = options.get("precision", "fp32")
+    path = src.primary_path
+    try:
+        if path.suffix == ".keras":
+            import keras
+
+            model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
+            folder = Path(tempfile.mkdtemp(prefix="keras-export-", dir=out_dir.parent))
+            model.export(str(folder), format="tf_saved_model", verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
+        else:
+            import tf_keras
+
+            model = tf_keras.models.load_model(str(path), compile=False)
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    except Exception as e:
+        raise fail(e, doing="loading the Keras model", tool="keras" if path.suffix == ".keras" else "tf_keras") from None
+    data = _tf_convert(converter, precision, "TFLiteConverter")
+    return _tf_result(data, out_dir, precision, {"api": "keras" if path.suffix == ".keras" else "tf_keras"}, [])
