@@ -263,7 +263,9 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
             s.commit()
             raise NotFound(f"model '{model.id}' was deleted", code="model_not_found")
         if current.samples_sha256 not in (None, sha):
-            blobs.release(s, [current.samples_sha256])  # the samples they replace
+            # the samples they replace, and these too: two uploads racing each read the same old digest, and
+            # the one overwritten would hold on to its bytes; the sweep keeps whatever is still referenced then
+            blobs.release(s, [current.samples_sha256, sha])
         current.samples_sha256 = sha
     return {"model_id": model.id, "samples_sha256": sha, "inputs": names}
 
