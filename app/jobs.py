@@ -569,8 +569,12 @@ def _store_artifact(settings, db, store, out_dir: Path, result: dict[str, Any]) 
     from app import blobs
 
     blobs.claim(db, [f["sha256"] for f in files])  # before writing: a pending deletion of these bytes is off
-    for f in files:
-        store.put_file(_blob(f["sha256"]), f["tmp"], move=True)
+    try:
+        for f in files:
+            store.put_file(_blob(f["sha256"]), f["tmp"], move=True)
+    except Exception:  # what got stored has no reference: the sweep decides
+        _forget_blobs(db, files)
+        raise
     digest = files[0]["sha256"] if len(files) == 1 else _manifest_digest(files)
     return {"files": files, "inspection": inspection, "digest": digest}
 
