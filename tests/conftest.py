@@ -89,17 +89,21 @@ def backend(request, tmp_path):
     bucket = f"mp-{uuid.uuid4().hex[:12]}"
     settings = make_settings(tmp_path, database_url=pg, storage_url=f"s3://{bucket}/objects", s3_endpoint_url=s3,
                              s3_access_key_id=S3_KEY, s3_secret_access_key=S3_SECRET)
-    # tests of one session share the PostgreSQL database: start each from empty tables
+    empty_tables(pg, "models", "blob_deletions")
+    return settings
+
+
+def empty_tables(url: str, *tables: str) -> None:
+    """Tests of one session share the PostgreSQL database: start each from empty tables (those that
+    exist yet; deleting models cascades to their files, jobs and artifacts)."""
     import sqlalchemy as sa
 
-    eng = sa.create_engine(pg)
+    eng = sa.create_engine(url)
     with eng.begin() as c:
-        if sa.inspect(c).has_table("models"):
-            c.execute(sa.text("DELETE FROM models"))
-        if sa.inspect(c).has_table("blob_deletions"):
-            c.execute(sa.text("DELETE FROM blob_deletions"))
+        for table in tables:
+            if sa.inspect(c).has_table(table):
+                c.execute(sa.text(f"DELETE FROM {table}"))
     eng.dispose()
-    return settings
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import models
-from tests.conftest import S3_KEY, S3_SECRET, make_settings
+from tests.conftest import S3_KEY, S3_SECRET, empty_tables, make_settings
 
 REDIS_URL = os.environ.get("MODELPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -24,19 +24,13 @@ REDIS_URL = os.environ.get("MODELPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 @pytest.fixture
 def deployment(tmp_path, postgres_server_url, seaweedfs):
     import redis
-    import sqlalchemy as sa
 
     r = redis.Redis.from_url(REDIS_URL)
     try:
         r.flushdb()
     except redis.exceptions.ConnectionError as e:
         pytest.fail(f"Redis is required for these tests ({REDIS_URL}): {e}")
-    eng = sa.create_engine(postgres_server_url)
-    with eng.begin() as c:
-        for table in ("jobs", "workers", "models"):
-            if sa.inspect(c).has_table(table):
-                c.execute(sa.text(f"DELETE FROM {table}"))
-    eng.dispose()
+    empty_tables(postgres_server_url, "jobs", "workers", "models")
     env = {
         "MODELPORT_DATABASE_URL": postgres_server_url,
         "MODELPORT_STORAGE_URL": f"s3://mp-{uuid.uuid4().hex[:10]}/objects",

@@ -13,22 +13,16 @@ import numpy as np
 import pytest
 
 from tests import models
-from tests.conftest import S3_KEY, S3_SECRET, make_settings
+from tests.conftest import S3_KEY, S3_SECRET, empty_tables, make_settings
 
 
 @pytest.fixture
 def replicas(tmp_path, postgres_server_url, seaweedfs):
-    import sqlalchemy as sa
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
-    eng = sa.create_engine(postgres_server_url)
-    with eng.begin() as c:
-        for table in ("deployments", "models", "blob_deletions"):
-            if sa.inspect(c).has_table(table):
-                c.execute(sa.text(f"DELETE FROM {table}"))
-    eng.dispose()
+    empty_tables(postgres_server_url, "deployments", "models", "blob_deletions")
     bucket = f"mp-{uuid.uuid4().hex[:12]}"
     shared = {"database_url": postgres_server_url, "storage_url": f"s3://{bucket}/objects",
               "s3_endpoint_url": seaweedfs, "s3_access_key_id": S3_KEY, "s3_secret_access_key": S3_SECRET}
