@@ -67,14 +67,15 @@ def _worker(settings, args) -> int:
     """Check the queues against this host, announce the worker, heartbeat and reap, run Celery."""
     import threading
 
-    from app import blobs, jobs
-    from workers import capabilities
+    from app import host
+    from app.ingest import blobs
+    from app.pipeline import jobs
 
     if not settings.broker_url:
         print("modelport worker: set MODELPORT_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker "
               "`modelport serve` runs conversions in-process", file=sys.stderr)
         return 2
-    servable = capabilities.servable_queues(settings)
+    servable = host.servable_queues(settings)
     requested = [q for q in args.queues.split(",") if q] or sorted(q for q, why in servable.items() if not why)
     refused = {q: servable.get(q, "no conversion edge uses this queue") for q in requested
                if q not in servable or servable[q]}
@@ -90,7 +91,7 @@ def _worker(settings, args) -> int:
     tasks._ctx["worker_id"] = wid
     ctx = tasks.context()
     upgrade(ctx["db"].engine)
-    caps = capabilities.describe(settings)
+    caps = host.describe(settings)
     jobs.announce(ctx["db"], wid, requested, caps)
     stop = threading.Event()
 

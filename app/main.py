@@ -34,11 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = open_store(settings.resolved_storage_url, settings)
         executor = None
         if settings.broker_url:
-            from app.dispatch import CeleryDispatcher
+            from app.pipeline.dispatch import CeleryDispatcher
 
             app.state.dispatcher = CeleryDispatcher(broker_url=settings.broker_url)
         else:  # embedded: the same step function on a thread pool in this process
-            from workers.local import EmbeddedExecutor
+            from app.pipeline.embedded import EmbeddedExecutor
 
             executor = EmbeddedExecutor(settings, db, app.state.store)
             executor.start()

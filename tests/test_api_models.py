@@ -84,7 +84,7 @@ def test_upload_get_list_download_delete(client, files):
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
     assert client.delete(f"/v1/models/{m['id']}").status_code == 404
     # the blob goes once its grace period is over (tests/test_blobs.py)
-    from app import blobs
+    from app.ingest import blobs
 
     assert blobs.sweep(client.app.state.db, client.app.state.store, 0) == [m["digest"]]
     assert not client.app.state.store.exists(f"blobs/sha256/{m['digest'][:2]}/{m['digest']}")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app import blobs
 from app.catalog.tables import utcnow
+from app.ingest import blobs
 from app.storage import blob_key
 
 

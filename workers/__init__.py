@@ -1,2 +1,2 @@
 """Celery workers for the hardware queues (cpu, intel, gpu, apple). Tasks take ids and call
-``app.jobs``; see ../shared/DESIGN.md."""
+``app.pipeline.jobs``; see ../shared/DESIGN.md."""

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: ids in, ``app.jobs`` does the work."""
+"""Thin Celery tasks: ids in, ``app.pipeline.jobs`` does the work."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def context():
     if "db" not in _ctx:
         from app.catalog.db import Database
         from app.config import get_settings
-        from app.dispatch import CeleryDispatcher
+        from app.pipeline.dispatch import CeleryDispatcher
         from app.storage import open_store
 
         settings = get_settings()
@@ -27,7 +27,7 @@ def context():
 
 @app.task(name="modelport.run_step", ignore_result=True)
 def run_step(step_id: str) -> str:
-    from app import jobs
+    from app.pipeline import jobs
 
     c = context()
     outcome = jobs.run_step(c["db"], c["store"], c["settings"], step_id, c["worker_id"] or jobs.worker_id("celery"),

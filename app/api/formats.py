@@ -19,7 +19,7 @@ def _available(module: str | None) -> bool:
 def _live(request: Request | None) -> set[str] | None:
     if request is None:
         return None
-    from app.jobs import live_queues
+    from app.pipeline.jobs import live_queues
 
     with request.app.state.db.session() as s:
         return live_queues(s, request.app.state.settings)

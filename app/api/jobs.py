@@ -10,13 +10,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import blobs, jobs
 from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
+from app.api.zipstream import stream_zip
 from app.catalog import repo
 from app.errors import NotFound
+from app.ingest import blobs
+from app.pipeline import jobs
 from app.storage import blob_key
-from app.zipstream import stream_zip
 
 router = APIRouter(tags=["conversions"])
 
@@ -173,7 +174,7 @@ def model_artifacts(model: ModelDep, db: DatabaseDep, store: StoreDep):
 def model_report(model: ModelDep, db: DatabaseDep, format: Annotated[str, Query(pattern="^(json|md)$")] = "json"):
     """One row per artifact (size, load, latency, throughput, validation) and a recommendation per
     priority of the seed's "By Priority" table, each naming the measured numbers behind it."""
-    from app import report
+    from app.pipeline import report
 
     with db.session() as s:
         body = report.build(s, repo.get_model(s, model.id))
@@ -195,8 +196,8 @@ async def report_all(model: ModelDep, request: Request, db: DatabaseDep, setting
                      body: ReportAllRequest | None = None):
     """Convert to every reachable target (and the precision variants), validate and benchmark
     each: one upload -> every format, proven and measured. Poll the jobs, then GET the report."""
-    from app import report
     from app.conversion import planner
+    from app.pipeline import report
 
     body = body or ReportAllRequest()
     created, skipped = [], []

@@ -9,13 +9,13 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app import blobs, uploads
 from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import model_out
+from app.api.zipstream import stream_zip
 from app.catalog import repo
 from app.errors import NotFound
+from app.ingest import blobs, uploads
 from app.storage import blob_key
-from app.zipstream import stream_zip
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

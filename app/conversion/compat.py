@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from app.conversion.io import ConversionError
+from app.sandbox.io import ConversionError
 
 DEFAULT_DOMAIN = "ai.onnx"
 

@@ -63,7 +63,7 @@ def _dynamic_batch(specs) -> bool:
 def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int]]:
     """The median of 21 batch-1 calls in µs, and the element count of each probed input
     (None when inputs cannot be generated)."""
-    from app.benchmark import default_inputs
+    from app.pipeline.benchmark import default_inputs
 
     if not inputs or any(not s.dtype or s.shape is None for s in inputs):
         return None, {}

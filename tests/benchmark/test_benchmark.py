@@ -1,4 +1,4 @@
-"""app.benchmark: measuring method, stop rules, per-sample throughput, memory, host fingerprint.
+"""app.pipeline.benchmark: measuring method, stop rules, per-sample throughput, memory, host fingerprint.
 
 Fake runners (numpy matmuls, sleeps) check the method; the ONNX Runtime runner, where its module
 exists, checks it end to end. Windows are kept small so the whole file runs in seconds."""
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import app.benchmark as bm
-from app.benchmark import benchmark, default_inputs, fingerprint, input_shape
+import app.pipeline.benchmark as bm
+from app.pipeline.benchmark import benchmark, default_inputs, fingerprint, input_shape
 from app.runners.base import IOSpec, Runner, RunnerInfo
 
 FAST = {"warmup": 2, "window": 5, "min_windows": 3, "max_windows": 8, "max_seconds": 10}
@@ -60,7 +60,7 @@ class AlternatingRunner(MatmulRunner):
 
 
 class FakeClock:
-    """Stands in for app.benchmark's clock: time moves only when a ClockedRunner runs."""
+    """Stands in for app.pipeline.benchmark's clock: time moves only when a ClockedRunner runs."""
 
     def __init__(self):
         self.t = 10**12

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from app.conversion import registry
-from app.conversion.io import Source
-from app.conversion.sandbox import SandboxFailure, run_edge
 from app.formats import detect_and_inspect
 from app.formats.base import ModelFiles
+from app.sandbox.io import Source
+from app.sandbox.parent import SandboxFailure, run_edge
 from tests.conversion import runners
 
 FP32_ATOL = 1e-4
@@ -581,7 +581,7 @@ def test_int8_without_nncf_is_a_clear_error(tmp_path, monkeypatch):
     import openvino as ov
 
     from app.conversion.edges import openvino as edge
-    from app.conversion.io import ConversionError
+    from app.sandbox.io import ConversionError
 
     model = ov.convert_model(str(_onnx_with(17, 8, tmp_path / "relu.onnx")))
     monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError

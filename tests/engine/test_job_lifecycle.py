@@ -7,10 +7,10 @@ import datetime as dt
 
 import pytest
 
-from app import jobs
 from app.catalog import repo
 from app.catalog.db import Database, upgrade
 from app.catalog.tables import utcnow
+from app.pipeline import jobs
 from tests.conftest import make_settings
 
 

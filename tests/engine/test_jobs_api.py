@@ -71,7 +71,7 @@ def test_state_dict_to_safetensors_end_to_end(client, files):
     # deleting the model removes its jobs, artifacts and blobs
     assert client.delete(f"/v1/models/{m['id']}").status_code == 204
     assert client.get(f"/v1/artifacts/{art['id']}").status_code == 404
-    from app import blobs
+    from app.ingest import blobs
 
     assert art["digest"] in blobs.sweep(client.app.state.db, client.app.state.store, 0)  # after the grace period
     assert not client.app.state.store.exists(f"blobs/sha256/{art['digest'][:2]}/{art['digest']}")

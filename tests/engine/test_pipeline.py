@@ -141,7 +141,7 @@ def test_perturbed_weights_fail_with_the_output_named(pt2, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from app.validation import validate
+    from app.pipeline.validation import validate
 
     path = _onnx_from(pt2, tmp_path)
     model = onnx.load(str(path))
@@ -156,7 +156,7 @@ def test_perturbed_weights_fail_with_the_output_named(pt2, tmp_path):
 
 
 def test_batch_specialised_export_fails_at_the_other_batch(pt2, tmp_path):
-    from app.validation import validate
+    from app.pipeline.validation import validate
 
     path = _onnx_from(pt2, tmp_path, batch_dynamic=False)
     report = validate(_runner("torch_export", pt2), _runner("onnx", path), profile="fp32")
@@ -168,7 +168,7 @@ def test_bf16_where_fp32_was_asked_fails(tmp_path):
     import openvino as ov
     import torch
 
-    from app.validation import validate
+    from app.pipeline.validation import validate
 
     wide = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)]).eval()
     pt2 = tmp_path / "wide.pt2"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.conversion import registry
-from app.conversion.io import Source
-from app.conversion.sandbox import SandboxFailure, run_edge
 from app.formats import detect_and_inspect
 from app.formats.base import ModelFiles
+from app.sandbox.io import Source
+from app.sandbox.parent import SandboxFailure, run_edge
 from tests import models
 
 
@@ -68,7 +68,7 @@ def test_the_edge_runs_under_the_toolchain_interpreter(state_dict_source, tmp_pa
     result = run(state_dict_source, tmp_path, python=str(wrapper))
     assert result["primary"].endswith(".safetensors")
     args, pythonpath = marker.read_text().splitlines()[:2]
-    assert "app.conversion.run" in args
+    assert "app.sandbox.child" in args
     # another toolchain sees the app package and nothing else of the main environment
     root = Path(pythonpath.split(os.pathsep)[0])
     assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == ["app"]

@@ -1,4 +1,4 @@
-"""app.validation: tolerance profiles, input generation, output comparison and the verdicts of
+"""app.pipeline.validation: tolerance profiles, input generation, output comparison and the verdicts of
 ``validate`` / ``validate_tensors``, on small numpy-backed fake runners (and one real pair:
 torch.export vs its ONNX export, when those runners are there)."""
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.runners.base import IOSpec, Runner, RunnerInfo
-from app.validation import (
+from app.pipeline.validation import (
     PROFILES,
     compare,
     make_inputs,
@@ -23,6 +22,7 @@ from app.validation import (
     validate,
     validate_tensors,
 )
+from app.runners.base import IOSpec, Runner, RunnerInfo
 
 # ----------------------------------------------------------------------------- fake runners
 
@@ -495,7 +495,7 @@ def test_candidate_extra_outputs_noted_and_unavailable_runner_skips():
 def test_reference_that_rejects_generated_inputs_is_skipped_not_passed():
     """Random inputs are only a guess: when the model itself rejects them the verdict is
     'skipped' with what to do, and the sets it did accept still decide."""
-    from app.validation import validate
+    from app.pipeline.validation import validate
 
     def picky(feeds):
         if feeds["x"].shape[0] != 1:

@@ -1,1 +1,1 @@
-"""Edge implementations; each runs inside the sandbox (app.conversion.run)."""
+"""Edge implementations; each runs inside the sandbox (app.sandbox.child)."""

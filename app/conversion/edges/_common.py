@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from app.conversion.io import ConversionError
+from app.sandbox.io import ConversionError
 
 # A single ONNX protobuf cannot exceed 2 GiB; leave room for the graph itself.
 ONNX_INLINE_LIMIT = 2 * 1024**3 - 64 * 1024**2

@@ -17,7 +17,7 @@ from app.conversion.edges._common import (
     save_onnx,
     versions,
 )
-from app.conversion.io import ConversionError, Result, Source
+from app.sandbox.io import ConversionError, Result, Source
 
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.conversion.edges._common import fail, parse_options, versions
-from app.conversion.io import ConversionError, Result, Source
+from app.sandbox.io import ConversionError, Result, Source
 
 _UNSUPPORTED_HINT = ("OpenVINO has no conversion rule for this operator: rewrite that part of the model, register an "
                      "OpenVINO extension for it, or target ONNX Runtime instead")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.conversion.edges._common import parse_options, versions
-from app.conversion.io import ConversionError, Result, Source
+from app.sandbox.io import ConversionError, Result, Source
 
 EXTRA_KEY = "modelport.extra"  # safetensors metadata key holding a checkpoint's non-tensor entries (JSON)
 

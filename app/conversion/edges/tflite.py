@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.conversion.edges._common import fail, versions
-from app.conversion.io import ConversionError, Result, Source
+from app.sandbox.io import ConversionError, Result, Source
 
 _OUTPUT_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_dynamic_range_quant.tflite"}
 _HINT = ("onnx2tf could not convert this graph: give it static shapes (re-export with fixed sizes), "

@@ -16,7 +16,7 @@ from app.conversion.edges._common import (
     tool_version,
     versions,
 )
-from app.conversion.io import ConversionError, Result, Source
+from app.sandbox.io import ConversionError, Result, Source
 
 _UNSUPPORTED_HINT = ("the exporter has no ONNX translation for this operator: rewrite that part of the model "
                      "with supported operators, register a custom_translation_table, or convert to another "

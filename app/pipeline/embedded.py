@@ -8,8 +8,9 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from app import blobs, jobs
-from workers import capabilities
+from app import host
+from app.ingest import blobs
+from app.pipeline import jobs
 
 log = logging.getLogger("modelport.embedded")
 
@@ -19,12 +20,12 @@ class EmbeddedExecutor:
         self.settings, self.db, self.store = settings, db, store
         self.pool = ThreadPoolExecutor(max_workers=settings.embedded_concurrency, thread_name_prefix="modelport-step")
         self.id = jobs.worker_id("embedded")
-        self.queues = sorted(q for q, why in capabilities.servable_queues(settings).items() if not why)
+        self.queues = sorted(q for q, why in host.servable_queues(settings).items() if not why)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        jobs.announce(self.db, self.id, self.queues, capabilities.describe(self.settings))
+        jobs.announce(self.db, self.id, self.queues, host.describe(self.settings))
         self._resume()
         self._thread = threading.Thread(target=self._beat, name="modelport-heartbeat", daemon=True)
         self._thread.start()
@@ -48,7 +49,7 @@ class EmbeddedExecutor:
     def _beat(self) -> None:
         while not self._stop.wait(min(5.0, self.settings.worker_stale_s / 3)):
             try:
-                jobs.announce(self.db, self.id, self.queues, capabilities.describe(self.settings))
+                jobs.announce(self.db, self.id, self.queues, host.describe(self.settings))
                 jobs.reap(self.db, self, self.settings)
             except Exception:  # keep beating through a database blip
                 log.exception("heartbeat failed")

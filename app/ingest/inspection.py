@@ -28,7 +28,7 @@ def inspect_files(root: Path, paths: list[str], hint_name: str | None, *, accept
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "app.inspection"], input=json.dumps(request), capture_output=True, text=True,
+            [sys.executable, "-m", "app.ingest.inspection"], input=json.dumps(request), capture_output=True, text=True,
             timeout=timeout_s, preexec_fn=_limits, env=env,
         )
     except subprocess.TimeoutExpired:

@@ -18,11 +18,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from app import archives, blobs
 from app.catalog import repo
 from app.catalog.tables import Model
 from app.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
-from app.inspection import inspect_files
+from app.ingest import archives, blobs
+from app.ingest.inspection import inspect_files
 from app.storage import blob_key
 
 FLUSH = 4 * 1024 * 1024

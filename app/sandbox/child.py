@@ -1,4 +1,4 @@
-"""Child-process entry of the sandbox: ``python -m app.conversion.run REQUEST.json RESULT.json``.
+"""Child-process entry of the sandbox: ``python -m app.sandbox.child REQUEST.json RESULT.json``.
 
 Standard library only until the edge implementation is imported. Whatever the converter prints
 goes to the job log (the parent captures stdout and stderr)."""
@@ -17,7 +17,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     result_path = Path(argv[1])
-    from app.conversion.io import ConversionError, Source
+    from app.sandbox.io import ConversionError, Source
 
     src = Source(root=Path(request["source"]["root"]), paths=request["source"]["paths"],
                  primary=request["source"]["primary"], format=request["source"]["format"],

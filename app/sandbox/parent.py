@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.conversion.base import Edge
-from app.conversion.io import Source
+from app.sandbox.io import Source
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([python, "-m", "app.conversion.run", str(request_path), str(result_path)],
+        proc = subprocess.Popen([python, "-m", "app.sandbox.child", str(request_path), str(result_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=limits, cwd=work)
         reason = None
         try:

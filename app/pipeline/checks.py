@@ -1,4 +1,4 @@
-"""The validate and benchmark steps, as they run inside the sandbox (``app.conversion.run``).
+"""The validate and benchmark steps, as they run inside the sandbox (``app.sandbox.child``).
 
 Each takes the artifact's files as its :class:`Source` and writes one JSON report into
 ``out_dir``; the worker records it in the catalog. Heavy imports stay inside the functions."""
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.conversion.io import Result, Source
+from app.sandbox.io import Result, Source
 
 # The hardware each format's runtime needs: validation and benchmarks of an artifact run on that queue.
 RUNTIME_HARDWARE = {"onnx": "cpu", "openvino": "intel", "torchscript": "cpu", "torch_export": "cpu", "tflite": "cpu",
@@ -75,7 +75,7 @@ def _flatten(obj, prefix: str, out: dict) -> None:
 
 
 def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
-    from app import validation
+    from app.pipeline import validation
     from app.runners import WEIGHTS_ONLY, RunnerUnavailable, open_runner
 
     ref = options["reference"]
@@ -157,7 +157,7 @@ class _Hinted:
 
 
 def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
-    from app import benchmark
+    from app.pipeline import benchmark
     from app.runners import WEIGHTS_ONLY, RunnerUnavailable, open_runner
 
     if src.format in WEIGHTS_ONLY:
@@ -200,7 +200,7 @@ def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Resul
 
 def _load_only(src: Source) -> dict[str, Any]:
     """Weights-only formats do not run; what users compare them on is load time."""
-    from app import benchmark
+    from app.pipeline import benchmark
 
     times = []
     for _ in range(5):

@@ -89,7 +89,7 @@ def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, A
                    tolerance: dict[str, Any] | None) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(kind, name, queue, options) for every step: each conversion, then the validation and the
     benchmark of its artifact, on the queue of the hardware its runtime needs."""
-    from app.pipeline import RUNTIME_HARDWARE
+    from app.pipeline.checks import RUNTIME_HARDWARE
     from app.runners import TF_ONLY
 
     steps = []
@@ -135,7 +135,7 @@ def check_benchmark(value: bool | dict[str, Any] | None) -> dict[str, Any] | Non
 def check_tolerance(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    from app import validation
+    from app.pipeline import validation
 
     try:
         validation.resolve_tolerance("fp32", value)
@@ -185,7 +185,7 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
 def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
                          benchmark: dict[str, Any]) -> tuple[Job, bool]:
     """Measure an existing artifact again, with other settings: a job of one benchmark step."""
-    from app.pipeline import RUNTIME_HARDWARE
+    from app.pipeline.checks import RUNTIME_HARDWARE
 
     bench = check_benchmark(benchmark)
     with db.session() as s:
@@ -353,7 +353,7 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
 def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work, specs,
              job_id, label, queue: str = "cpu") -> str:
     from app.conversion import sandbox
-    from app.conversion.io import Source
+    from app.sandbox.io import Source
 
     # an edge says its toolchain; a validation or benchmark runs under the one its queue names (cpu.tf: tf)
     toolchain = edge.toolchain if edge else (queue.split(".", 1)[1] if "." in queue else "main")
@@ -399,7 +399,7 @@ def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt,
             result = sandbox.run_edge(edge, src, workdir / "out", options, **limits)
             artifact = _store_artifact(settings, db, store, workdir / "out", result)
         else:
-            impl = "app.pipeline:validate_step" if kind == "validate" else "app.pipeline:benchmark_step"
+            impl = "app.pipeline.checks:validate_step" if kind == "validate" else "app.pipeline.checks:benchmark_step"
             result = sandbox.run_in_sandbox(impl, label, kind, src, workdir / "out", options, **limits)
     except sandbox.SandboxFailure as f:
         err = dict(f.error)
@@ -525,7 +525,7 @@ def _record_check(s, store, kind: str, step: JobStep, work: dict[str, Any], repo
 
 
 def _forget_blobs(db, files: list[dict[str, Any]]) -> None:
-    from app import blobs
+    from app.ingest import blobs
 
     with db.session() as s:
         blobs.release(s, [f["sha256"] for f in files])
@@ -546,10 +546,10 @@ def _read(path: Path) -> str:
 
 def _store_artifact(settings, db, store, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Hash, inspect and store what the converter wrote. An artifact modelport cannot read fails the step."""
-    from app.conversion.sandbox import SandboxFailure
     from app.errors import ModelportError
-    from app.inspection import inspect_files
-    from app.uploads import _manifest_digest, _sha256_file
+    from app.ingest.inspection import inspect_files
+    from app.ingest.uploads import _manifest_digest, _sha256_file
+    from app.sandbox.parent import SandboxFailure
 
     files = []
     for p in sorted(out_dir.rglob("*")):
@@ -566,7 +566,7 @@ def _store_artifact(settings, db, store, out_dir: Path, result: dict[str, Any]) 
     except ModelportError as e:
         raise SandboxFailure({"message": f"the converter produced an artifact modelport cannot read: {e.message}",
                               "hint": "this is a converter bug; see the job log"}) from None
-    from app import blobs
+    from app.ingest import blobs
 
     blobs.claim(db, [f["sha256"] for f in files])  # before writing: a pending deletion of these bytes is off
     try:

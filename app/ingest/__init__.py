@@ -1,0 +1,1 @@
+"""Upload -> archives -> inspection -> blobs -> catalog row."""

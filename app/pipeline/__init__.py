@@ -1,0 +1,1 @@
+"""Jobs, step execution, reaper, validation, benchmark, report, dispatch (Celery or embedded)."""
