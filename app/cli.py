@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         import uvicorn
 
-        from app.serving.fastpath import create_asgi
+        from app.main import create_asgi
 
         # no per-request access log or proxy-header rewriting on the hot path (set log level debug for
-        # request logs); the inference routes bypass FastAPI's routing (app.serving.fastpath)
+        # request logs); the inference routes bypass FastAPI's routing (app.api.fastpath)
         uvicorn.run(create_asgi(settings), host=args.host or settings.host, port=args.port or settings.port,
                     log_level=settings.log_level, http="httptools", access_log=settings.log_level == "debug",
                     proxy_headers=False, server_header=False)
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "worker":
         return _worker(settings, args)
     if args.cmd == "formats":
-        from app.api.formats import list_formats
+        from app.pipeline import formats
 
-        json.dump(list_formats(), sys.stdout, indent=2)
+        json.dump(formats.describe(), sys.stdout, indent=2)
         print()
         return 0
     return 2

@@ -1,4 +1,4 @@
-"""create_app(): routers, lifespan, error handlers."""
+"""create_app(): routers, lifespan, error handlers; create_asgi(): that app behind the inference fast path."""
 
 from __future__ import annotations
 
@@ -103,6 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def create_asgi(settings: Settings | None = None):
+    """The served application: the inference fast path in front of the FastAPI app."""
+    from app.api.fastpath import FastPath
+
+    return FastPath(create_app(settings))
 
 
 async def _load_all(app: FastAPI) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from app import host
 from app.config import get_settings
-from app.conversion import registry
 
 settings = get_settings()
-QUEUES = sorted({e.queue for e in registry.edges()} | {"cpu", "intel", "gpu", "apple"})
+QUEUES = host.queues()
 LONGEST = max(settings.timeout_for(q) for q in QUEUES)
 
 app = Celery("modelport", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=["workers.tasks"])

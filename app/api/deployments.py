@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from typing import Annotated, Any
 
 import anyio
@@ -15,12 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import DatabaseDep
 from app.catalog import repo
 from app.catalog.tables import Deployment
-from app.errors import BadRequest, Conflict, ModelportError, NotFound, Unprocessable
-from app.serving.runtime import ServingError
+from app.errors import Conflict, NotFound, Unprocessable
+from app.serving import dataplane
 
 router = APIRouter(tags=["deployments"])
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 
 
 class RuntimeSettings(BaseModel):
@@ -67,7 +64,7 @@ def _out(rows: list[Deployment], cache, name: str) -> dict[str, Any]:
 async def deploy(body: DeployRequest, request: Request, db: DatabaseDep):
     """Deploy an artifact as a new version of ``name``. Only artifacts whose validation passed,
     unless ``force``. The version is loaded now; if it fails to load, the previous version keeps serving."""
-    from app.runners import RUNNER_MODULES
+    from app.runners import runnable
 
     cache = request.app.state.models
     if not NAME.match(body.name):
@@ -77,7 +74,7 @@ async def deploy(body: DeployRequest, request: Request, db: DatabaseDep):
         art = repo.get_artifact(s, body.artifact_id)
         if art is None:
             raise NotFound(f"no artifact with id '{body.artifact_id}'", code="artifact_not_found")
-        if art.format not in RUNNER_MODULES:
+        if not runnable(art.format):
             raise Unprocessable(f"{art.format} artifacts cannot be served (weights only, or no runtime)",
                                 code="not_servable")
         v = repo.latest_validation(s, art.id)
@@ -136,71 +133,11 @@ def delete_deployment(name: str, request: Request, db: DatabaseDep):
     request.app.state.models.invalidate(name)
 
 
-async def run_predict(state, name: str, version: str | None, content_type: str, accept: str,
-                      body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One v1 prediction, independent of the HTTP framework: (status, headers, body). Used by the
-    FastAPI route and by the ASGI fast path (app.serving.fastpath) alike."""
-    from app.serving import codec
-
-    cache, metrics = state.models, state.metrics
-    started = time.perf_counter()
-    labels = ("_unknown", "")  # until the name resolves: client-chosen names must not mint metric series
-    try:
-        row = await cache.aresolve(name, version)
-        labels = (name, str(row["version"]))
-        lm = cache.get(row, name) if row["id"] in cache.loaded else await anyio.to_thread.run_sync(cache.get, row, name)
-        ctype = content_type.split(";")[0].strip().lower()
-        if ctype in ("application/x-npz",) or (not ctype.endswith("json") and body[:4] == ZIP_MAGIC):
-            feeds = codec.decode_npz(body)
-        elif ctype in ("application/x-npy",) or (not ctype.endswith("json") and body[:6] == NPY_MAGIC):
-            if len(lm.inputs) != 1:
-                raise codec.CodecError(f"a .npy body is one array, but this model takes {len(lm.inputs)} inputs "
-                                       f"({', '.join(s.name for s in lm.inputs)}): send an .npz")
-            feeds = {lm.inputs[0].name: codec.decode_npy(body)}
-        else:
-            try:
-                obj = codec.loads(body)
-            except ValueError as e:
-                raise codec.CodecError(f"the body is not JSON, .npy or .npz: {e}") from None
-            feeds = codec.decode_v1_json(obj, {s.name: (s.dtype, s.shape) for s in lm.inputs})
-        codec.check_inputs(feeds, lm.specs())
-        t = time.perf_counter()
-        outputs = await cache.predict(lm, feeds)
-        if lm.batcher is None:
-            first = next(iter(feeds.values()), None)
-            metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
-                              time.perf_counter() - t)
-    except ServingError as e:
-        metrics.failure.labels(*labels, e.code).inc()
-        return _error(_as_error(e))
-    except codec.CodecError as e:
-        metrics.failure.labels(*labels, "bad_input").inc()
-        return _error(BadRequest(str(e), code="bad_input"))
-    except Exception as e:
-        metrics.failure.labels(*labels, "inference_error").inc()
-        return _error(Unprocessable(f"inference failed: {type(e).__name__}: {e}"[:2000], code="inference_failed"))
-    metrics.success.labels(*labels).inc()
-    metrics.request.labels(*labels).observe(time.perf_counter() - started)
-    if "application/x-npz" in accept:
-        return 200, {"content-type": "application/x-npz"}, codec.encode_npz(outputs)
-    return 200, {"content-type": "application/json"}, codec.dumps_v1(outputs)
-
-
-def _error(err: ModelportError) -> tuple[int, dict[str, str], bytes]:
-    return err.status_code, {"content-type": "application/json"}, json.dumps(err.to_dict()).encode()
-
-
 @router.post("/v1/deployments/{name}/predict")
 async def predict(name: str, request: Request, version: Annotated[str | None, Query()] = None):
     """Inputs as JSON ``{"inputs": {"x": [[...]]}}``, one ``.npy`` (a single-input model) or an ``.npz``
     (several); outputs as JSON, or ``.npz`` with ``Accept: application/x-npz``."""
-    status, headers, payload = await run_predict(
+    status, headers, payload = await dataplane.run_predict(
         request.app.state, name, version, request.headers.get("content-type", ""),
         request.headers.get("accept", ""), await request.body())
     return Response(payload, status_code=status, headers=headers)
-
-
-def _as_error(e: ServingError) -> ModelportError:
-    err = ModelportError(e.message, code=e.code)
-    err.status_code = e.status
-    return err

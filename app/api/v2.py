@@ -4,15 +4,14 @@ unchanged. Errors are ``{"error": "..."}``. Requests without a Content-Type are 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import __version__
+from app.serving import dataplane
 from app.serving.runtime import ServingError
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -45,7 +44,7 @@ def ready(request: Request):
 
 
 async def _loaded(request: Request, name: str, version: str | None):
-    return await _loaded_state(request.app.state, name, version)
+    return await dataplane.loaded(request.app.state, name, version)
 
 
 def _tensor_meta(specs) -> list[dict]:
@@ -106,68 +105,8 @@ def model_version_ready(name: str, version: str, request: Request):
     return _ready(request, name, version)
 
 
-async def _loaded_state(state, name: str, version: str | None):
-    cache = state.models
-    row = await cache.aresolve(name, version)
-    if row["id"] in cache.loaded:
-        return row, cache.get(row, name)
-    return row, await anyio.to_thread.run_sync(cache.get, row, name)
-
-
-def _error_body(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
-    return status, {"content-type": "application/json"}, json.dumps({"error": message}).encode()
-
-
-async def run_infer(state, name: str, version: str | None, header_length: str | None,
-                body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One v2 inference, independent of the HTTP framework: (status, headers, body). Used by the
-    FastAPI route and by the ASGI fast path (app.serving.fastpath) alike."""
-    from app.serving import codec
-
-    metrics = state.metrics
-    started = time.perf_counter()
-    labels = ("_unknown", "")  # until the name resolves: client-chosen names must not mint metric series
-    try:
-        row, lm = await _loaded_state(state, name, version)
-        labels = (name, str(row["version"]))
-        try:
-            hl = int(header_length) if header_length is not None else None
-        except ValueError:
-            raise codec.CodecError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") \
-                from None
-        req = codec.decode_v2_request(body, hl)
-        codec.check_inputs(req.inputs, lm.specs())
-        t = time.perf_counter()
-        outputs = await state.models.predict(lm, req.inputs)
-        if lm.batcher is None:
-            first = next(iter(req.inputs.values()), None)
-            metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
-                              time.perf_counter() - t)
-        requested = [o["name"] for o in req.outputs] or None
-        per_output = {o["name"]: o.get("binary_data") for o in req.outputs}
-
-        def binary(out_name: str) -> bool:
-            flag = per_output.get(out_name)
-            return req.binary_output_default if flag is None else bool(flag)
-
-        payload, headers = codec.encode_v2_response(name, str(row["version"]), req.id, outputs, binary=binary,
-                                                    requested=requested)
-    except ServingError as e:  # as Triton maps its errors: NOT_FOUND 404, UNAVAILABLE 503, the rest 400
-        metrics.failure.labels(*labels, e.code).inc()
-        return _error_body(e.status if e.status in (404, 503) else 400, e.message)
-    except codec.CodecError as e:
-        metrics.failure.labels(*labels, "bad_input").inc()
-        return _error_body(400, str(e))
-    except Exception as e:
-        metrics.failure.labels(*labels, "inference_error").inc()
-        return _error_body(500, f"inference failed: {type(e).__name__}: {e}"[:2000])
-    metrics.success.labels(*labels).inc()
-    metrics.request.labels(*labels).observe(time.perf_counter() - started)
-    return 200, {k.lower(): v for k, v in headers.items()}, payload
-
-
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    status, headers, payload = await run_infer(request.app.state, name, version,
+    status, headers, payload = await dataplane.run_infer(request.app.state, name, version,
                                            request.headers.get("inference-header-content-length"),
                                            await request.body())
     return Response(payload, status_code=status, headers=headers)

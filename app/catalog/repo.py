@@ -147,6 +147,39 @@ def waiting_steps(s: Session, queues: list[str]) -> list[JobStep]:
 # ----------------------------------------------------------------------------- artifacts
 
 
+def queued_steps(s: Session, queues: list[str]) -> list[JobStep]:
+    return list(s.scalars(select(JobStep).where(JobStep.status == "queued", JobStep.queue.in_(queues))))
+
+
+def add_job(s: Session, job: Job) -> bool:
+    """Insert a job with its steps. False when the same request was committed concurrently (its
+    active key is taken): the session is rolled back and that job wins."""
+    from sqlalchemy.exc import IntegrityError
+
+    s.add(job)
+    try:
+        s.flush()
+    except IntegrityError:
+        s.rollback()
+        return False
+    return True
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(exc, IntegrityError)
+
+
+def job_counts(s: Session) -> list[tuple[str, int]]:
+    return [(status, n) for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status))]
+
+
+def finished_job_times(s: Session) -> list[tuple[str, Any, Any]]:
+    return [tuple(r) for r in s.execute(select(Job.status, Job.created_at, Job.finished_at)
+                                        .where(Job.finished_at.is_not(None)))]
+
+
 def get_artifact(s: Session, artifact_id: str) -> Artifact | None:
     return s.get(Artifact, artifact_id)
 
@@ -189,6 +222,18 @@ def live_workers(s: Session, since) -> list[Worker]:
 # ----------------------------------------------------------------------------- checks
 
 
+def add_validation(s: Session, **fields: Any) -> Validation:
+    row = Validation(**fields)
+    s.add(row)
+    return row
+
+
+def add_benchmark(s: Session, **fields: Any) -> Benchmark:
+    row = Benchmark(**fields)
+    s.add(row)
+    return row
+
+
 def validations_of(s: Session, artifact_id: str) -> list[Validation]:
     return list(s.scalars(select(Validation).where(Validation.artifact_id == artifact_id)
                           .order_by(Validation.created_at.desc())))
@@ -207,6 +252,20 @@ def latest_validation(s: Session, artifact_id: str) -> Validation | None:
 def latest_benchmark(s: Session, artifact_id: str) -> Benchmark | None:
     rows = benchmarks_of(s, artifact_id)
     return rows[0] if rows else None
+
+
+def latest_checks(s: Session, artifact_ids: list[str]) -> tuple[dict[str, Validation], dict[str, Benchmark]]:
+    """The latest validation and benchmark of each artifact, in two queries."""
+    vals: dict[str, Validation] = {}
+    benches: dict[str, Benchmark] = {}
+    if artifact_ids:
+        for v in s.scalars(select(Validation).where(Validation.artifact_id.in_(artifact_ids))
+                           .order_by(Validation.created_at)):
+            vals[v.artifact_id] = v
+        for b in s.scalars(select(Benchmark).where(Benchmark.artifact_id.in_(artifact_ids))
+                           .order_by(Benchmark.created_at)):
+            benches[b.artifact_id] = b
+    return vals, benches
 
 
 def benchmark_keys(s: Session, artifact_ids: list[str]) -> list[str]:

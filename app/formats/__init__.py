@@ -37,19 +37,39 @@ FORMAT_MODULES: tuple[str, ...] = (
 )
 
 
+# An entry is a module under app.formats or a dotted path (a plug-in, or a test's throw-away format).
+
+
 @cache
+def _import(entry: str) -> ModuleType:
+    return importlib.import_module(entry if "." in entry else f"app.formats.{entry}")
+
+
+def _modules() -> dict[str, ModuleType]:
+    return {m.FORMAT.name: m for m in map(_import, FORMAT_MODULES)}
+
+
 def module(name: str) -> ModuleType:
-    if name not in FORMAT_MODULES:
-        raise KeyError(name)
-    return importlib.import_module(f"app.formats.{name}")
+    return _modules()[name]
 
 
 def all_formats() -> list[FormatInfo]:
-    return [module(n).FORMAT for n in FORMAT_MODULES]
+    return [m.FORMAT for m in _modules().values()]
 
 
 def by_name(name: str) -> FormatInfo:
     return module(name).FORMAT
+
+
+def find(name: str) -> FormatInfo | None:
+    """The declaration, or None for a name no module declares (``unknown`` uploads)."""
+    m = _modules().get(name)
+    return m.FORMAT if m is not None else None
+
+
+def zip_markers() -> list[tuple[str, str | tuple[str, ...]]]:
+    """(format, marker) for every declared zip marker: what tells a model zip from an archive."""
+    return [(f.name, m) for f in all_formats() for m in f.zip_markers]
 
 
 def format_for_extension(filename: str | None) -> FormatInfo | None:
@@ -65,8 +85,8 @@ def format_for_extension(filename: str | None) -> FormatInfo | None:
 
 
 def detect(files: ModelFiles) -> Detection | None:
-    for name in FORMAT_MODULES:
-        det = module(name).detect(files)
+    for m in _modules().values():
+        det = m.detect(files)
         if det is not None:
             return det
     return None

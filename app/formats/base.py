@@ -23,13 +23,23 @@ from typing import Any
 
 @dataclass(frozen=True)
 class FormatInfo:
+    """Everything modelport knows about a format, declared once in its module. The planner, the
+    router, ``/v1/formats``, the report, the ingest path, the worker capability check and the
+    benchmark's host record read it; no other file names a format in a table."""
+
     name: str  # stable id used in the API and catalog, e.g. "onnx"
     title: str  # human name, e.g. "ONNX"
     extensions: tuple[str, ...]  # hints only
+    code_on_load: bool  # loading it runs code from the file (pickles, TorchScript, Keras Lambdas): not "secure"
     directory: bool = False  # arrives as an archive of a directory (SavedModel, .mlpackage)
     multi_file: bool = False  # may need several files (OpenVINO .xml + .bin, ONNX + external data)
     reader: str | None = None  # python module whose presence enables full inspection
-    runtime: str | None = None  # python module that runs it on this host
+    runner: str | None = None  # module under app.runners (or a dotted path) that runs it; it declares RUNTIME
+    weights_only: bool = False  # tensors without an architecture: compared tensor for tensor, measured on load
+    # zip members that make a .zip upload this format, not an archive of files: a name anywhere in
+    # the zip, or a tuple of top-level names that must all be there
+    zip_markers: tuple[str | tuple[str, ...], ...] = ()
+    packages: tuple[str, ...] = ()  # distributions whose versions matter for reading or converting it
     notes: str = ""
 
 

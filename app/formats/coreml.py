@@ -34,8 +34,10 @@ FORMAT = FormatInfo(
     extensions=(".mlmodel", ".mlpackage"),
     directory=True,
     reader="coremltools",
-    runtime=None,
     notes="prediction needs macOS; metadata is read anywhere",
+    code_on_load=False,
+    runner="coreml_runner",
+    packages=("coremltools",),
 )
 
 # Top-level ``Model`` fields (CoreML/Specification/Model.proto): 1, 2, 10 and the ``Type`` oneof.

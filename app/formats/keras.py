@@ -56,8 +56,11 @@ FORMAT = FormatInfo(
     title="Keras",
     extensions=(".keras", ".h5", ".hdf5"),
     reader="h5py",
-    runtime="keras",
     notes="Keras 3 .keras archives and legacy HDF5 models/weights; configs are read as JSON, never deserialized",
+    code_on_load=True,
+    runner="tensorflow_runner",
+    zip_markers=("model.weights.h5", ("config.json", "metadata.json")),
+    packages=("keras", "tf_keras", "h5py"),
 )
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

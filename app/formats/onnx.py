@@ -18,8 +18,16 @@ from app.formats.base import (
     prod,
 )
 
-FORMAT = FormatInfo(name="onnx", title="ONNX", extensions=(".onnx",), multi_file=True, reader="onnx",
-                    runtime="onnxruntime")
+FORMAT = FormatInfo(
+    name="onnx",
+    title="ONNX",
+    extensions=(".onnx",),
+    multi_file=True,
+    reader="onnx",
+    code_on_load=False,
+    runner="onnxruntime_runner",
+    packages=("onnx",),
+)
 
 
 def _looks_onnx(files: ModelFiles, p: str) -> bool:

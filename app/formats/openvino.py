@@ -31,8 +31,10 @@ FORMAT = FormatInfo(
     extensions=(".xml",),
     multi_file=True,
     reader="openvino",
-    runtime="openvino",
     notes="an .xml graph plus its .bin weights with the same stem",
+    code_on_load=False,
+    runner="openvino_runner",
+    packages=("openvino", "nncf"),
 )
 
 # IR element_type names (``<data element_type=…>``, ``ov.Type.get_type_name()``) -> numpy-style names.

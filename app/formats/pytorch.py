@@ -17,6 +17,10 @@ FORMAT = FormatInfo(
     title="PyTorch state dict / checkpoint",
     extensions=(".pt", ".pth", ".bin", ".ckpt", ".pkl"),
     notes="pickle-based; scanned against an allow-list, read without executing anything",
+    code_on_load=True,
+    weights_only=True,
+    zip_markers=("data.pkl",),
+    packages=("torch",),
 )
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

@@ -9,7 +9,15 @@ from collections import Counter
 
 from app.formats.base import Detection, FormatInfo, Inspection, MalformedModel, ModelFiles, prod
 
-FORMAT = FormatInfo(name="safetensors", title="SafeTensors", extensions=(".safetensors",), reader="safetensors")
+FORMAT = FormatInfo(
+    name="safetensors",
+    title="SafeTensors",
+    extensions=(".safetensors",),
+    reader="safetensors",
+    code_on_load=False,
+    weights_only=True,
+    packages=("safetensors",),
+)
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
 DTYPES = {

@@ -45,8 +45,10 @@ FORMAT = FormatInfo(
     directory=True,
     multi_file=True,
     reader="tensorboard",
-    runtime="tensorflow",
     notes="upload the SavedModel directory as an archive; saved_model.pb is read as protobuf, never loaded",
+    code_on_load=True,
+    runner="tensorflow_runner",
+    packages=("tensorflow",),
 )
 
 SERVING_DEFAULT = "serving_default"

@@ -42,8 +42,10 @@ FORMAT = FormatInfo(
     title="TensorRT engine",
     extensions=(".engine", ".plan", ".trt"),
     reader="tensorrt",
-    runtime="tensorrt",
     notes="tied to the GPU model and TensorRT version that built it",
+    code_on_load=False,
+    runner="tensorrt_runner",
+    packages=("tensorrt",),
 )
 
 MAGIC = b"ftrt"

@@ -38,8 +38,10 @@ FORMAT = FormatInfo(
     title="TFLite",
     extensions=(".tflite",),
     reader="tflite",
-    runtime="ai_edge_litert",
     notes="TensorFlow Lite / LiteRT flatbuffer; inspected from the schema, never run at upload",
+    code_on_load=False,
+    runner="tflite_runner",
+    packages=("tflite",),
 )
 
 IDENT = b"TFL3"

@@ -16,7 +16,10 @@ FORMAT = FormatInfo(
     name="torch_export",
     title="torch.export program (.pt2)",
     extensions=(".pt2",),
-    runtime="torch",
+    code_on_load=False,
+    runner="torch_export_runner",
+    zip_markers=("archive_format",),
+    packages=("torch", "onnxscript"),
 )
 
 # torch._export.serde.schema.ScalarType

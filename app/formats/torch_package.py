@@ -11,6 +11,8 @@ FORMAT = FormatInfo(
     title="torch.package",
     extensions=(),
     notes="loading runs the Python code packaged inside; refused",
+    code_on_load=True,
+    zip_markers=(".data/extern_modules",),
 )
 
 

@@ -13,8 +13,10 @@ FORMAT = FormatInfo(
     name="torchscript",
     title="TorchScript",
     extensions=(".torchscript", ".jit", ".ptl"),
-    runtime="torch",
     notes="torch.jit is deprecated in torch 2.13; torch.export (.pt2) is the graph format to prefer",
+    code_on_load=True,
+    runner="torchscript_runner",
+    packages=("torch",),
 )
 
 _SIG = re.compile(r"def forward\(\s*\w+(?:\s*:\s*[\w.]+)?\s*(?:,(?P<args>.*?))?\)\s*(?:->\s*(?P<ret>[^:]+))?:", re.S)

@@ -32,29 +32,18 @@ import threading
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
-
+from app.catalog import blobs as sql
 from app.catalog import repo
-from app.catalog.tables import BlobDeletion, utcnow
+from app.catalog.tables import utcnow
 from app.storage import blob_key
 
 log = logging.getLogger("modelport.blobs")
 
 
-def release(s: Session, shas: Iterable[str]) -> None:
+def release(s, shas: Iterable[str]) -> None:
     """Ask for these blobs to be deleted once they have stayed unreferenced for the grace period
     (in the caller's transaction; a digest asked for again starts its grace period over)."""
-    rows = [{"sha256": sha, "requested_at": utcnow()} for sha in sorted(set(shas))]
-    if not rows:
-        return
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(BlobDeletion).values(rows)
-    s.execute(stmt.on_conflict_do_update(index_elements=["sha256"],
-                                         set_={"requested_at": stmt.excluded.requested_at}))
+    sql.request_deletions(s, shas)
 
 
 def claim(db, shas: Iterable[str]) -> None:
@@ -63,8 +52,7 @@ def claim(db, shas: Iterable[str]) -> None:
     wanted = sorted(set(shas))
     if wanted:
         with db.session() as s:
-            s.execute(delete(BlobDeletion).where(BlobDeletion.sha256.in_(wanted))
-                      .execution_options(synchronize_session=False))
+            sql.cancel_deletions(s, wanted)
 
 
 def sweep(db, store, grace_s: float, *, limit: int = 200, budget_s: float = 30.0,
@@ -75,26 +63,21 @@ def sweep(db, store, grace_s: float, *, limit: int = 200, budget_s: float = 30.0
     started = time.monotonic()
     cutoff = (now or utcnow()) - dt.timedelta(seconds=grace_s)
     with db.session() as s:
-        due = list(s.scalars(select(BlobDeletion.sha256).where(BlobDeletion.requested_at <= cutoff)
-                             .order_by(BlobDeletion.requested_at).limit(limit)))
+        due = sql.due_deletions(s, cutoff, limit)
     deleted: list[str] = []
     for sha in due:
         if time.monotonic() - started > budget_s:
             break
         try:
             with db.session() as s:
-                taken = s.execute(delete(BlobDeletion)
-                                  .where(BlobDeletion.sha256 == sha, BlobDeletion.requested_at <= cutoff)
-                                  .execution_options(synchronize_session=False)).rowcount
-                if taken and not repo.blob_referenced(s, sha):
+                if sql.take_deletion(s, sha, cutoff) and not repo.blob_referenced(s, sha):
                     store.delete(blob_key(sha))  # inside the transaction: a claim waits for it
                     deleted.append(sha)
         except Exception as e:  # rolled back, so the request is still there: retry it later
             log.warning("deleting blob %s failed: %s", sha, e)
             try:
                 with db.session() as s:
-                    s.execute(update(BlobDeletion).where(BlobDeletion.sha256 == sha)
-                              .values(requested_at=utcnow()).execution_options(synchronize_session=False))
+                    sql.postpone_deletion(s, sha)
             except Exception:  # the catalog is down as well: the next sweep sees the same order
                 pass
     return deleted

@@ -30,7 +30,6 @@ _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="modelport-uploa
 RAW_TYPES = {"application/octet-stream", "application/zip", "application/x-zip-compressed", "application/gzip",
              "application/x-gzip", "application/x-tar", "application/x-compressed-tar", ""}
 # zip layouts that are models themselves, not directories to unpack
-MODEL_ZIP_MARKERS = ("data.pkl", "archive_format", ".data/extern_modules", "model.weights.h5")
 
 
 @dataclass
@@ -322,8 +321,16 @@ def _is_model_zip(path: Path) -> bool:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
-    return any(n == m or n.endswith("/" + m) for n in names for m in MODEL_ZIP_MARKERS) or (
-        "config.json" in names and "metadata.json" in names)
+    from app.formats import zip_markers
+
+    top = set(names)
+    for _, m in zip_markers():
+        if isinstance(m, tuple):
+            if all(x in top for x in m):
+                return True
+        elif any(n == m or n.endswith("/" + m) for n in names):
+            return True
+    return False
 
 
 def _sha256_file(path: Path) -> str:
@@ -435,11 +442,9 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
             )
         return model, True
     except Exception as exc:
-        from sqlalchemy.exc import IntegrityError
-
         with db.session() as s:  # the sweep keeps whatever something else (a concurrent winner) references
             blobs.release(s, digests)
-            winner = repo.get_model_by_digest(s, prep.digest) if isinstance(exc, IntegrityError) else None
+            winner = repo.get_model_by_digest(s, prep.digest) if repo.is_unique_violation(exc) else None
         if winner is not None:  # the same bytes landed concurrently: that one wins
             return winner, False
         raise

@@ -16,189 +16,25 @@ Memory: ``VmHWM`` is reset (``5`` into ``/proc/self/clear_refs``) before the loa
 ``VmHWM - VmRSS(before load)`` is the peak RSS growth. Where the reset is refused the figure is
 an upper bound (the high-water mark may predate the load) and the report says so.
 
-:func:`fingerprint` describes the host cheaply (no heavy imports: package versions come from
-installed metadata). Everything returned is plain JSON-able data.
+The host fingerprint comes from :func:`app.host.fingerprint`. Everything returned is plain JSON-able data.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import importlib.metadata as _metadata  # imported here so fingerprint() stays cheap
-import os
-import platform
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from app.host import _read, fingerprint
 from app.runners.base import IOSpec, Runner
 
 MIB = 1024 * 1024
 DYNAMIC_DIM = 16  # value for dynamic dims other than the batch dim
 INT_HIGH = 16  # generated integer inputs are in [0, INT_HIGH)
 _clock = time.perf_counter_ns  # the one clock (a module global so tests can drive it)
-
-# Flags worth knowing when reading a CPU timing (x86 /proc/cpuinfo "flags", Arm "Features").
-ISA_FLAGS = (
-    "sse4_2", "avx", "f16c", "fma", "avx2", "avx_vnni", "avx_vnni_int8",
-    "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-    "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
-    "asimd", "asimddp", "asimdhp", "fphp", "i8mm", "bf16", "sve", "sve2", "sme",
-)
-PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "ai-edge-litert",
-            "coremltools", "tensorrt", "tensorrt-cu12", "tensorrt-cu13")
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-              "CUDA_VISIBLE_DEVICES")
-
-
-# --------------------------------------------------------------------------------------------
-# Host fingerprint
-# --------------------------------------------------------------------------------------------
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _cpuinfo() -> dict[str, Any]:
-    """Model, vendor and ISA flags from the first processor block of /proc/cpuinfo."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    if fields:
-                        break  # first block is enough: every core reports the same model/flags
-                    continue
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    flags = set((fields.get("flags") or fields.get("features") or "").split())
-    model = fields.get("model name") or fields.get("hardware") or fields.get("cpu model") or platform.processor()
-    vendor = fields.get("vendor_id") or fields.get("cpu implementer") or None
-    return {
-        "model": model or None,
-        "vendor": vendor,
-        "isa": [f for f in ISA_FLAGS if f in flags],
-        "virtualized": "hypervisor" in flags,
-    }
-
-
-def _meminfo_total_mib() -> float | None:
-    text = _read("/proc/meminfo")
-    if text:
-        for line in text.splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_limits() -> dict[str, Any]:
-    """cgroup v2 CPU quota (in CPUs) and memory limit, when this process is limited."""
-    out: dict[str, Any] = {}
-    cpu = _read("/sys/fs/cgroup/cpu.max")
-    if cpu:
-        quota, _, period = cpu.strip().partition(" ")
-        if quota != "max" and period:
-            out["cpu_limit"] = round(int(quota) / int(period), 2)
-    mem = _read("/sys/fs/cgroup/memory.max")
-    if mem and mem.strip() != "max":
-        out["memory_limit_mib"] = round(int(mem) / MIB, 1)
-    return out
-
-
-@lru_cache(maxsize=1)
-def _gpus() -> tuple[tuple[dict[str, Any], ...], str | None]:
-    """NVIDIA GPUs via nvidia-smi (cached for the process: the subprocess is the one slow part)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return (), None
-    try:
-        proc = subprocess.run(
-            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        return (), f"nvidia-smi failed: {e}"
-    if proc.returncode != 0:
-        return (), f"nvidia-smi exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}"
-    gpus = []
-    for line in proc.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if not parts or not parts[0]:
-            continue
-        gpu: dict[str, Any] = {"name": parts[0]}
-        if len(parts) > 1:
-            with contextlib.suppress(ValueError):
-                gpu["memory_mib"] = int(float(parts[1]))
-        if len(parts) > 2:
-            gpu["driver"] = parts[2]
-        gpus.append(gpu)
-    return tuple(gpus), None
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = _metadata.version(name)
-        except _metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _os_name() -> str:
-    text = _read("/etc/os-release")
-    if text:
-        for line in text.splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip().strip('"')
-    if sys.platform == "darwin":
-        return f"macOS {platform.mac_ver()[0]}"
-    return platform.system()
-
-
-def fingerprint() -> dict[str, Any]:
-    """What this host is, for reading a timing: CPU, cores, memory, GPUs, OS, runtime versions."""
-    try:
-        affinity: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    gpus, gpu_error = _gpus()
-    out: dict[str, Any] = {
-        "cpu": _cpuinfo(),
-        "logical_cores": os.cpu_count(),
-        "affinity_cores": affinity,
-        "memory_total_mib": _meminfo_total_mib(),
-        **_cgroup_limits(),
-        "gpus": [dict(g) for g in gpus],
-        "os": _os_name(),
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "packages": _versions(),
-        "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
-    }
-    if gpu_error:
-        out["gpu_error"] = gpu_error
-    gov = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-    if gov:
-        out["cpu"]["governor"] = gov.strip()
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # Memory

@@ -1,31 +1,32 @@
 """The validate and benchmark steps, as they run inside the sandbox (``app.sandbox.child``).
 
-Each takes the artifact's files as its :class:`Source` and writes one JSON report into
-``out_dir``; the worker records it in the catalog. Heavy imports stay inside the functions."""
+Each takes the artifact's files as its :class:`Source` and returns its report as the result's
+``details``; the worker records it in the catalog. Heavy imports stay inside the functions."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from app.sandbox.io import Result, Source
 
-# The hardware each format's runtime needs: validation and benchmarks of an artifact run on that queue.
-RUNTIME_HARDWARE = {"onnx": "cpu", "openvino": "intel", "torchscript": "cpu", "torch_export": "cpu", "tflite": "cpu",
-                    "coreml": "apple", "tensorrt": "gpu", "pytorch": "cpu", "safetensors": "cpu", "keras": "cpu",
-                    "savedmodel": "cpu"}
 
-
-def _write(out_dir: Path, name: str, report: dict[str, Any]) -> Result:
-    (out_dir / name).write_text(json.dumps(report, default=_jsonable))
-    return Result(primary=name, details=report)
+def _report(report: dict[str, Any]) -> Result:
+    """A check writes no file: its report travels back in the sandbox's result (JSON-able already)."""
+    return Result(primary="", details=_jsonable(report))
 
 
 def _jsonable(v):
+    """numpy scalars and arrays as plain numbers and lists, anything else unknown as text."""
     import numpy as np
 
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, np.ndarray):
@@ -76,21 +77,21 @@ def _flatten(obj, prefix: str, out: dict) -> None:
 
 def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     from app.pipeline import validation
-    from app.runners import WEIGHTS_ONLY, RunnerUnavailable, open_runner
+    from app.runners import RunnerUnavailable, open_runner, queue_for, weights_only
 
     ref = options["reference"]
     profile = options.get("profile", "fp32")
     overrides = options.get("overrides")
-    if src.format in WEIGHTS_ONLY or ref["format"] in WEIGHTS_ONLY:
-        if not (src.format in WEIGHTS_ONLY and ref["format"] in WEIGHTS_ONLY):
-            return _write(out_dir, "validation.json", validation.skipped(
+    if weights_only(src.format) or weights_only(ref["format"]):
+        if not (weights_only(src.format) and weights_only(ref["format"])):
+            return _report(validation.skipped(
                 f"cannot compare {ref['format']} with {src.format}: one side holds weights only", profile="exact"))
         key = options.get("weights_key")
         reference = load_tensors(ref["format"], Path(ref["root"]), ref["primary"])
         if key:  # the artifact holds only that sub-dict, keyed without the prefix
             reference = {k[len(key) + 1:]: v for k, v in reference.items() if k.startswith(key + ".")}
         report = validation.validate_tensors(reference, load_tensors(src.format, src.root, src.primary))
-        return _write(out_dir, "validation.json", report)
+        return _report(report)
     samples = None
     if options.get("samples"):
         import numpy as np
@@ -100,17 +101,17 @@ def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result
     try:
         candidate = open_runner(src.format, src.root, src.paths, src.primary, precision="fp32")
     except RunnerUnavailable as e:
-        hw = RUNTIME_HARDWARE.get(src.format, "cpu")
-        return _write(out_dir, "validation.json", validation.skipped(
+        hw = queue_for(src.format)
+        return _report(validation.skipped(
             f"{e}: waiting for a worker on the '{hw}' queue that can run {src.format}", profile=profile))
     try:
         reference = open_runner(ref["format"], Path(ref["root"]), ref["paths"], ref["primary"], precision="fp32")
     except RunnerUnavailable as e:
-        return _write(out_dir, "validation.json", validation.skipped(
+        return _report(validation.skipped(
             f"the reference ({ref['format']}) cannot run here: {e}", profile=profile))
     report = validation.validate(reference, candidate, profile=profile, overrides=overrides, samples=samples,
                                  seed=int(options.get("seed", 0)))
-    return _write(out_dir, "validation.json", report)
+    return _report(report)
 
 
 def hinted_specs(runner_specs: list, hints: list[dict[str, Any]], input_specs: dict[str, Any] | None) -> list:
@@ -158,10 +159,10 @@ class _Hinted:
 
 def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     from app.pipeline import benchmark
-    from app.runners import WEIGHTS_ONLY, RunnerUnavailable, open_runner
+    from app.runners import RunnerUnavailable, open_runner, queue_for, weights_only
 
-    if src.format in WEIGHTS_ONLY:
-        return _write(out_dir, "benchmark.json", _load_only(src))
+    if weights_only(src.format):
+        return _report(_load_only(src))
 
     def load():
         r = open_runner(src.format, src.root, src.paths, src.primary,
@@ -175,8 +176,8 @@ def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Resul
         probe = load()
         probe.close()
     except RunnerUnavailable as e:
-        hw = RUNTIME_HARDWARE.get(src.format, "cpu")
-        return _write(out_dir, "benchmark.json", {"status": "skipped", "reason": f"{e}: waiting for a worker on the "
+        hw = queue_for(src.format)
+        return _report({"status": "skipped", "reason": f"{e}: waiting for a worker on the "
                                                   f"'{hw}' queue that can run {src.format}", "batches": {}})
     report = benchmark.benchmark(
         load,
@@ -195,7 +196,7 @@ def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Resul
     report["status"] = "ok" if ok else "failed"
     if not ok:
         report["reason"] = "; ".join(f"batch {bs}: {b['status']}" for bs, b in report["batches"].items())
-    return _write(out_dir, "benchmark.json", report)
+    return _report(report)
 
 
 def _load_only(src: Source) -> dict[str, Any]:

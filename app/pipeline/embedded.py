@@ -37,12 +37,7 @@ class EmbeddedExecutor:
 
         with self.db.session() as s:
             pending = [(st.id, st.queue) for st in repo.waiting_steps(s, self.queues)]
-            from sqlalchemy import select
-
-            from app.catalog.tables import JobStep
-
-            pending += [(st.id, st.queue) for st in s.scalars(
-                select(JobStep).where(JobStep.status == "queued", JobStep.queue.in_(self.queues)))]
+            pending += [(st.id, st.queue) for st in repo.queued_steps(s, self.queues)]
         for step_id, queue in pending:
             self.enqueue(step_id, queue)
 

@@ -15,15 +15,14 @@ import os
 import shutil
 import socket
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-from sqlalchemy.exc import IntegrityError
 
 from app.catalog import repo
 from app.catalog.tables import Job, JobStep, utcnow
 from app.conversion import planner, registry
-from app.conversion.base import InputSpec
+from app.conversion.base import Edge, InputSpec
 from app.errors import Unprocessable
 
 log = logging.getLogger("modelport.jobs")
@@ -89,21 +88,30 @@ def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, A
                    tolerance: dict[str, Any] | None) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(kind, name, queue, options) for every step: each conversion, then the validation and the
     benchmark of its artifact, on the queue of the hardware its runtime needs."""
-    from app.pipeline.checks import RUNTIME_HARDWARE
-    from app.runners import TF_ONLY
+    from app import runners
 
     steps = []
-    for e, o in zip(plan.edges, plan.options, strict=True):
+    for i, (e, o) in enumerate(zip(plan.edges, plan.options, strict=True)):
         steps.append(("convert", e.name, e.queue, o))
-        hw = RUNTIME_HARDWARE.get(e.target, "cpu")
         if validate:
-            # proven against the upload: a TensorFlow model runs only under the TF toolchain
-            steps.append(("validate", f"validate:{e.target}", "cpu.tf" if plan.source in TF_ONLY else hw,
+            # on a host that runs both the artifact and its reference (see _gather: the upload itself when it
+            # can run, else the artifact before it); a TensorFlow model runs only under the TF toolchain
+            ref = plan.source if i == 0 or reference_is_upload(plan.source) else plan.edges[i - 1].target
+            queue, _ = runners.check_placement(e.target, ref)
+            steps.append(("validate", f"validate:{e.target}", queue,
                           {"profile": registry.tolerance(e, o), "overrides": tolerance,
                            "weights_key": o.get("weights_key")}))
         if benchmark is not None:
-            steps.append(("benchmark", f"benchmark:{e.target}", hw, benchmark))
+            steps.append(("benchmark", f"benchmark:{e.target}", runners.queue_for(e.target), benchmark))
     return steps
+
+
+def reference_is_upload(fmt: str) -> bool:
+    """Validations prove an artifact against the uploaded model itself when that can run (or is
+    compared tensor for tensor); otherwise against the artifact converted before it."""
+    from app import runners
+
+    return runners.runnable(fmt) or runners.weights_only(fmt)
 
 
 def check_benchmark(value: bool | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -170,11 +178,7 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
                     status=first_status if i == 0 else "pending", max_attempts=settings.max_attempts, log="")
             for i, (kind, name, queue, o) in enumerate(steps)
         ]
-        s.add(job)
-        try:
-            s.flush()
-        except IntegrityError:  # the same request committed concurrently: that job wins
-            s.rollback()
+        if not repo.add_job(s, job):  # the same request committed concurrently: that job wins
             return repo.job_by_active_key(s, key), False
         first = job.steps[0]
     dispatcher.enqueue(first.id, first.queue)  # after the commit: the row exists before the message
@@ -185,7 +189,7 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
 def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
                          benchmark: dict[str, Any]) -> tuple[Job, bool]:
     """Measure an existing artifact again, with other settings: a job of one benchmark step."""
-    from app.pipeline.checks import RUNTIME_HARDWARE
+    from app import runners
 
     bench = check_benchmark(benchmark)
     with db.session() as s:
@@ -198,7 +202,7 @@ def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
         if existing is not None:  # a finished measurement: measuring again is the point
             existing.active_key = None
             s.flush()
-        queue = RUNTIME_HARDWARE.get(art.format, "cpu")
+        queue = runners.queue_for(art.format)
         status = "queued" if queue in live_queues(s, settings) else "waiting_for_hardware"
         job = Job(model_id=art.model_id, target=art.format, options={}, input_specs=None, request_key=key,
                   active_key=key, status=status, plan=[f"benchmark:{art.format}"])
@@ -259,38 +263,83 @@ def _fail_step(s, step: JobStep, error: dict[str, Any], now, status: str = "fail
     _finish(job, "cancelled" if status == "cancelled" else "failed", now, job_error)
 
 
-def _files_of(obj) -> dict[str, Any]:
-    return {"files": [(f.path, f.sha256) for f in obj.files], "format": obj.format, "primary": obj.primary_file,
-            "inspection": obj.inspection}
+@dataclass
+class FileSet:
+    """A model's or an artifact's files in the object store, and what they are."""
+
+    files: list[tuple[str, str]]  # (relative path, sha256)
+    format: str
+    primary: str
+    inspection: dict[str, Any]
+
+    @classmethod
+    def of(cls, obj) -> FileSet:
+        return cls([(f.path, f.sha256) for f in obj.files], obj.format, obj.primary_file, obj.inspection)
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.files]
 
 
-def _gather(s, job: Job, step: JobStep) -> dict[str, Any]:
+@dataclass
+class StepInputs:
+    """What a step works on: its input files, and for a validation the reference's and the samples."""
+
+    input: FileSet
+    parent: str | None = None  # the artifact a conversion starts from (None: the upload)
+    artifact_id: str | None = None  # validations and benchmarks: the artifact they measure
+    io_hints: list[dict[str, Any]] = field(default_factory=list)  # the upload's inputs, for runtimes that lack them
+    reference: FileSet | None = None
+    reference_id: str | None = None  # "model:<id>" or "artifact:<id>"
+    samples: str | None = None  # sha256 of the model's sample inputs (.npz)
+
+
+@dataclass
+class StoredFile:
+    path: str
+    sha256: str
+    size: int
+    tmp: Path
+
+    def row(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+@dataclass
+class StoredArtifact:
+    """What a conversion wrote, hashed, inspected and in the object store."""
+
+    files: list[StoredFile]
+    inspection: dict[str, Any]
+    digest: str
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [f.row() for f in self.files]
+
+
+def _gather(s, job: Job, step: JobStep) -> StepInputs:
     """What a step works on: its input files (and, for validation, the reference's)."""
-    from app.runners import RUNNER_MODULES, WEIGHTS_ONLY
-
     model = repo.get_model(s, job.model_id)
     converts = [x for x in job.steps if x.kind == "convert" and x.index < step.index]
     if step.kind == "convert":
         src = repo.get_artifact(s, converts[-1].output_artifact_id) if converts else model
-        return {"input": _files_of(src), "parent": None if src is model else src.id}
+        return StepInputs(FileSet.of(src), parent=None if src is model else src.id)
+    hints = model.inspection.get("inputs") or []
     if not converts:  # a benchmark of an existing artifact
         art = repo.get_artifact(s, step.options["artifact_id"])
-        return {"input": _files_of(art), "artifact_id": art.id, "parent": art.id,
-                "io_hints": model.inspection.get("inputs") or []}
+        return StepInputs(FileSet.of(art), parent=art.id, artifact_id=art.id, io_hints=hints)
     # validate / benchmark work on the artifact of the convert step before them
     made = converts[-1]
     art = repo.get_artifact(s, made.output_artifact_id)
-    out = {"input": _files_of(art), "artifact_id": art.id, "parent": art.id,
-           "io_hints": model.inspection.get("inputs") or []}
+    out = StepInputs(FileSet.of(art), parent=art.id, artifact_id=art.id, io_hints=hints)
     if step.kind == "validate":
-        runnable = model.format in RUNNER_MODULES or model.format in WEIGHTS_ONLY
         earlier = [x for x in converts if x.index < made.index]
-        if runnable or not earlier:  # prove against the uploaded model itself when it can run here
-            out["reference"], out["reference_id"] = _files_of(model), f"model:{model.id}"
+        if reference_is_upload(model.format) or not earlier:  # the uploaded model itself, when it can run
+            out.reference, out.reference_id = FileSet.of(model), f"model:{model.id}"
         else:
             ref = repo.get_artifact(s, earlier[-1].output_artifact_id)
-            out["reference"], out["reference_id"] = _files_of(ref), f"artifact:{ref.id}"
-        out["samples"] = model.samples_sha256
+            out.reference, out.reference_id = FileSet.of(ref), f"artifact:{ref.id}"
+        out.samples = model.samples_sha256
     return out
 
 
@@ -325,150 +374,199 @@ def run_step(db, store, settings, step_id: str, worker_id: str, dispatcher: Disp
         s.refresh(step)
         job.status = "running"
         job.started_at = job.started_at or now
-        kind, attempt, options, label, queue = step.kind, step.attempts, dict(step.options), step.edge, step.queue
-        edge = registry.by_name(step.edge) if kind == "convert" else None
-        work = _gather(s, job, step)
-        specs, job_id = job.input_specs, job.id
-        _append_log(step, f"\n=== attempt {attempt} on {worker_id} at {now.isoformat()} ===\n")
+        ctx = StepContext(step_id=step_id, worker_id=worker_id, job_id=job.id, kind=step.kind, attempt=step.attempts,
+                          label=step.edge, queue=step.queue, options=dict(step.options),
+                          edge=registry.by_name(step.edge) if step.kind == "convert" else None,
+                          work=_gather(s, job, step), input_specs=job.input_specs)
+        _append_log(step, f"\n=== attempt {ctx.attempt} on {worker_id} at {now.isoformat()} ===\n")
 
-    beat_stop = threading.Event()
-
-    def beat() -> None:  # the claim stays fresh while inputs download and outputs upload, too
-        while not beat_stop.wait(settings.heartbeat_s):
-            try:
-                with db.session() as s3:
-                    if not repo.heartbeat_step(s3, step_id, worker_id, utcnow()):
-                        return
-            except Exception:
-                log.warning("heartbeat of step %s failed", step_id, exc_info=True)
-
-    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{step_id[:8]}").start()
+    beat = Heartbeat(db, ctx, settings.heartbeat_s)
+    beat.start()
     try:
-        return _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work,
-                        specs, job_id, label, queue)
+        return _execute(db, store, settings, dispatcher, ctx, beat)
     finally:
-        beat_stop.set()
+        beat.stop()
 
 
-def _execute(db, store, settings, dispatcher, step_id, worker_id, kind, attempt, options, edge, work, specs,
-             job_id, label, queue: str = "cpu") -> str:
-    from app.conversion import sandbox
+@dataclass
+class StepContext:
+    """What a claimed step runs with, read from its rows in the claiming transaction."""
+
+    step_id: str
+    worker_id: str
+    job_id: str
+    kind: str  # convert | validate | benchmark
+    attempt: int
+    label: str  # the edge name, or validate:<format> / benchmark:<format>
+    queue: str
+    options: dict[str, Any]
+    edge: Edge | None  # convert steps only
+    work: StepInputs
+    input_specs: dict[str, Any] | None
+
+    @property
+    def toolchain(self) -> str:
+        """An edge declares its toolchain; a validation or benchmark runs under the one its runtimes need."""
+        from app import runners
+
+        if self.edge is not None:
+            return self.edge.toolchain
+        ref = self.work.reference
+        return runners.check_placement(self.work.input.format, ref.format if ref else None)[1]
+
+
+class Heartbeat:
+    """The one heartbeat of a running step, on its own thread for the whole claim (downloads,
+    the sandboxed child, uploads): it keeps the claim fresh and notices a cancel, a deleted model
+    or a lost claim, which the sandbox's poll reads to stop the child."""
+
+    def __init__(self, db, ctx: StepContext, every_s: float):
+        self.db, self.ctx, self.every_s = db, ctx, every_s
+        self.halt = threading.Event()  # cancelled, deleted, or the claim is no longer ours
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{ctx.step_id[:8]}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        try:
+            with self.db.session() as s:
+                ours = repo.heartbeat_step(s, self.ctx.step_id, self.ctx.worker_id, utcnow())
+                job = repo.get_job(s, self.ctx.job_id)
+                if not ours or job is None or job.cancel_requested:  # None: the model was deleted
+                    self.halt.set()
+        except Exception:  # a database blip: keep working; the next beat tries again
+            log.warning("heartbeat of step %s failed", self.ctx.step_id, exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.beat()
+            if self.halt.is_set():
+                return
+
+
+def _execute(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, beat: Heartbeat) -> str:
+    from app.sandbox import parent as sandbox
     from app.sandbox.io import Source
 
-    # an edge says its toolchain; a validation or benchmark runs under the one its queue names (cpu.tf: tf)
-    toolchain = edge.toolchain if edge else (queue.split(".", 1)[1] if "." in queue else "main")
+    toolchain = ctx.toolchain
     python = settings.toolchain_python(toolchain)
-    workdir = settings.tmp_dir / f"step-{step_id}-{attempt}"
+    workdir = settings.tmp_dir / f"step-{ctx.step_id}-{ctx.attempt}"
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "in").mkdir(parents=True)
     log_path = workdir / "step.log"
+    options, work = dict(ctx.options), ctx.work
     try:
         if python is None:
             raise sandbox.SandboxFailure({"message": f"this worker has no interpreter for toolchain '{toolchain}'",
                                           "hint": "set MODELPORT_TOOLCHAINS on this worker"})
-        inp = work["input"]
-        _fetch(store, inp["files"], workdir / "in")
-        src = Source(root=workdir / "in", paths=[p for p, _ in inp["files"]], primary=inp["primary"],
-                     format=inp["format"], inspection=inp["inspection"], input_specs=specs)
-        if kind != "convert":
-            options["io_hints"] = work["io_hints"]
-        if kind == "validate":
-            ref = work["reference"]
-            _fetch(store, ref["files"], workdir / "ref")
-            options["reference"] = {"root": str(workdir / "ref"), "paths": [p for p, _ in ref["files"]],
-                                    "primary": ref["primary"], "format": ref["format"]}
-            if work.get("samples"):
-                store.get_to_path(_blob(work["samples"]), workdir / "samples.npz")
+        _fetch(store, work.input.files, workdir / "in")
+        src = Source(root=workdir / "in", paths=work.input.paths, primary=work.input.primary,
+                     format=work.input.format, inspection=work.input.inspection, input_specs=ctx.input_specs)
+        if ctx.kind != "convert":
+            options["io_hints"] = work.io_hints
+        if ctx.kind == "validate":
+            ref = work.reference
+            _fetch(store, ref.files, workdir / "ref")
+            options["reference"] = {"root": str(workdir / "ref"), "paths": ref.paths, "primary": ref.primary,
+                                    "format": ref.format}
+            if work.samples:
+                store.get_to_path(_blob(work.samples), workdir / "samples.npz")
                 options["samples"] = str(workdir / "samples.npz")
-
-        def poll() -> bool:
-            try:
-                with db.session() as s2:
-                    job_now = repo.get_job(s2, job_id)
-                    ours = repo.heartbeat_step(s2, step_id, worker_id, utcnow())
-                    cancelled = job_now is None or bool(job_now.cancel_requested)  # None: the model was deleted
-            except Exception:  # a database blip: keep converting; the next poll tries again
-                log.warning("heartbeat of step %s failed", step_id, exc_info=True)
-                return False
-            return cancelled or not ours
-
-        limits = {"python": python, "timeout_s": settings.timeout_for(edge.queue if edge else "cpu"),
-                  "memory_mb": settings.convert_memory_mb, "log_path": log_path, "poll": poll,
-                  "poll_every_s": settings.heartbeat_s}
-        if kind == "convert":
-            result = sandbox.run_edge(edge, src, workdir / "out", options, **limits)
+        # the step's own queue decides its time limit (a validation on gpu gets the gpu limit)
+        limits = {"python": python, "timeout_s": settings.timeout_for(ctx.queue),
+                  "memory_mb": settings.convert_memory_mb, "log_path": log_path, "poll": beat.halt.is_set,
+                  "poll_every_s": min(settings.heartbeat_s, 1.0)}
+        if ctx.kind == "convert":
+            result = sandbox.run_edge(ctx.edge, src, workdir / "out", options, **limits)
             artifact = _store_artifact(settings, db, store, workdir / "out", result)
         else:
-            impl = "app.pipeline.checks:validate_step" if kind == "validate" else "app.pipeline.checks:benchmark_step"
-            result = sandbox.run_in_sandbox(impl, label, kind, src, workdir / "out", options, **limits)
+            impl = "app.pipeline.checks:validate_step" if ctx.kind == "validate" else "app.pipeline.checks:benchmark_step"
+            result = sandbox.run_in_sandbox(impl, ctx.label, ctx.kind, src, workdir / "out", options, **limits)
     except sandbox.SandboxFailure as f:
-        err = dict(f.error)
-        with db.session() as s:
-            step = repo.get_step(s, step_id)
-            if step is None:
-                return "lost claim"  # the model was deleted meanwhile
-            _append_log(step, _read(log_path))
-            if step.status != "running" or step.worker != worker_id:
-                return "lost claim"  # reaped or cancelled meanwhile; the new owner records the outcome
-            err.setdefault("tool", None)
-            err.setdefault("hint", None)
-            cancelled = bool(err.pop("cancelled", False))
-            if kind != "convert" and not cancelled:
-                # a validation or benchmark that could not run is recorded as such; the job goes on
-                _record_check(s, store, kind, step, work, {"status": "failed", "reason": err.get("message"),
-                                                           "error": err})
-                next_step = _advance(s, settings, step, utcnow())
-            else:
-                _fail_step(s, step, {"edge": step.edge, **err}, utcnow(),
-                           status="cancelled" if cancelled else "failed")
-                next_step = None
-        if next_step is not None:
-            dispatcher.enqueue(next_step.id, next_step.queue)
-        return "cancelled" if cancelled else "failed"
+        return _record_failure(db, store, settings, dispatcher, ctx, dict(f.error), _read(log_path))
     finally:
         log_text = _read(log_path)
         shutil.rmtree(workdir, ignore_errors=True)
 
     try:
-        next_step, lost = _finish_step(db, settings, store, kind, step_id, worker_id, job_id, work, log_text,
-                                       result, edge, options, artifact if kind == "convert" else None)
+        if ctx.kind == "convert":
+            next_step, lost = _finish_step(db, settings, ctx, log_text, result, artifact=artifact)
+        else:
+            key = _store_check(store, ctx, result["details"])  # object-store I/O before the transaction
+            next_step, lost = _finish_step(db, settings, ctx, log_text, result, check_key=key)
     except Exception:
-        if kind == "convert":  # stored and claimed, but no artifact row: let the sweep decide
+        if ctx.kind == "convert":  # stored and claimed, but no artifact row: let the sweep decide
             try:
-                _forget_blobs(db, artifact["files"])
+                _forget_blobs(db, artifact.files)
             except Exception:  # the catalog is down too: the blobs stay (unreferenced) until cleaned by hand
-                log.warning("could not release the blobs of step %s", step_id, exc_info=True)
+                log.warning("could not release the blobs of step %s", ctx.step_id, exc_info=True)
         raise
     if lost:
-        if kind == "convert":
-            _forget_blobs(db, artifact["files"])
+        if ctx.kind == "convert":
+            _forget_blobs(db, artifact.files)
         return "lost claim"
     if next_step is not None:
         dispatcher.enqueue(next_step.id, next_step.queue)
     return "succeeded"
 
 
-def _finish_step(db, settings, store, kind, step_id, worker_id, job_id, work, log_text, result, edge, options,
-                 artifact) -> tuple[JobStep | None, bool]:
+def _record_failure(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, err: dict[str, Any],
+                    log_text: str) -> str:
+    cancelled = bool(err.pop("cancelled", False))
+    err.setdefault("tool", None)
+    err.setdefault("hint", None)
+    check = None
+    key = None
+    if ctx.kind != "convert" and not cancelled:
+        # a validation or benchmark that could not run is recorded as such; the job goes on
+        check = {"status": "failed", "reason": err.get("message"), "error": err}
+        key = _store_check(store, ctx, check)
+    with db.session() as s:
+        step = repo.get_step(s, ctx.step_id)
+        if step is None:
+            return "lost claim"  # the model was deleted meanwhile
+        _append_log(step, log_text)
+        if step.status != "running" or step.worker != ctx.worker_id:
+            return "lost claim"  # reaped or cancelled meanwhile; the new owner records the outcome
+        if check is not None:
+            _record_check(s, ctx, step, check, key)
+            next_step = _advance(s, settings, step, utcnow())
+        else:
+            _fail_step(s, step, {"edge": step.edge, **err}, utcnow(), status="cancelled" if cancelled else "failed")
+            next_step = None
+    if next_step is not None:
+        dispatcher.enqueue(next_step.id, next_step.queue)
+    return "cancelled" if cancelled else "failed"
+
+
+def _finish_step(db, settings, ctx: StepContext, log_text: str, result: dict[str, Any], *,
+                 artifact: StoredArtifact | None = None, check_key: str | None = None) -> tuple[JobStep | None, bool]:
     """Record a step's success in one transaction: (the next step to queue, whether the claim was lost)."""
     next_step = None
     with db.session() as s:
-        step = repo.get_step(s, step_id)
-        lost = step is None or step.status != "running" or step.worker != worker_id
+        step = repo.get_step(s, ctx.step_id)
+        lost = step is None or step.status != "running" or step.worker != ctx.worker_id
         if not lost:
             _append_log(step, log_text)
-            if kind == "convert":
+            if artifact is not None:
+                edge = ctx.edge
                 art = repo.add_artifact(
-                    s, files=artifact["files"], model_id=step.job.model_id, job_id=job_id, step_id=step_id,
-                    parent_artifact_id=work["parent"], format=artifact["inspection"]["format"],
-                    digest=artifact["digest"], primary_file=result["primary"],
-                    size_bytes=sum(f["size"] for f in artifact["files"]), file_count=len(artifact["files"]),
-                    edge=edge.name, options=options, toolchain={"name": edge.toolchain, **result.get("versions", {})},
-                    host=host_name(), inspection=artifact["inspection"],
-                    warnings=[*result.get("warnings", []), *artifact["inspection"].get("warnings", [])])
+                    s, files=artifact.rows(), model_id=step.job.model_id, job_id=ctx.job_id, step_id=ctx.step_id,
+                    parent_artifact_id=ctx.work.parent, format=artifact.inspection["format"],
+                    digest=artifact.digest, primary_file=result["primary"],
+                    size_bytes=sum(f.size for f in artifact.files), file_count=len(artifact.files),
+                    edge=edge.name, options=ctx.options,
+                    toolchain={"name": edge.toolchain, **result.get("versions", {})},
+                    host=host_name(), inspection=artifact.inspection,
+                    warnings=[*result.get("warnings", []), *artifact.inspection.get("warnings", [])])
                 step.output_artifact_id = art.id
             else:
-                _record_check(s, store, kind, step, work, result["details"])
+                _record_check(s, ctx, step, result["details"], check_key)
             step.seconds = result.get("seconds")
             next_step = _advance(s, settings, step, utcnow())
     return next_step, lost
@@ -494,41 +592,46 @@ def _advance(s, settings, step: JobStep, now) -> JobStep | None:
     return nxt
 
 
-def _record_check(s, store, kind: str, step: JobStep, work: dict[str, Any], report: dict[str, Any]) -> None:
-    from app.catalog.tables import Benchmark, Validation
-
-    art_id = work["artifact_id"]
-    if kind == "validate":
-        worst = report.get("worst") or {}
-        s.add(Validation(artifact_id=art_id, job_id=step.job_id, step_id=step.id,
-                         reference=work.get("reference_id", "unknown"), status=report.get("status", "failed"),
-                         reason=report.get("reason"), profile=report.get("profile") or step.options.get("profile", ""),
-                         max_abs_err=worst.get("max_abs_err"), worst_output=worst.get("output"), report=report))
-        return
-    b1 = (report.get("batches") or {}).get("1") or {}
-    bench = Benchmark(artifact_id=art_id, job_id=step.job_id, step_id=step.id, status=report.get("status", "failed"),
-                      reason=report.get("reason"), settings=dict(step.options),
-                      load_ms=report.get("load_ms"), p50_ms=b1.get("p50_ms"), p99_ms=b1.get("p99_ms"),
-                      throughput=b1.get("throughput"), host=report.get("host") or {}, results=report)
-    s.add(bench)
-    s.flush()
-    key = f"benchmarks/{art_id}/{bench.id}.json"
+def _store_check(store, ctx: StepContext, report: dict[str, Any]) -> str | None:
+    """A benchmark's full results as JSON in the object store, written before the transaction that
+    records them (no object-store I/O while the catalog holds a write lock). Returns its key."""
+    if ctx.kind != "benchmark":
+        return None
     import tempfile
 
+    key = f"benchmarks/{ctx.work.artifact_id}/{ctx.step_id}-{ctx.attempt}.json"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(report, f, default=str)
     try:
         store.put_file(key, Path(f.name), move=True)
-        bench.object_key = key
     finally:
         Path(f.name).unlink(missing_ok=True)
+    return key
 
 
-def _forget_blobs(db, files: list[dict[str, Any]]) -> None:
+def _record_check(s, ctx: StepContext, step: JobStep, report: dict[str, Any], object_key: str | None) -> None:
+    art_id = ctx.work.artifact_id
+    if ctx.kind == "validate":
+        worst = report.get("worst") or {}
+        repo.add_validation(s, artifact_id=art_id, job_id=step.job_id, step_id=step.id,
+                            reference=ctx.work.reference_id or "unknown", status=report.get("status", "failed"),
+                            reason=report.get("reason"),
+                            profile=report.get("profile") or step.options.get("profile", ""),
+                            max_abs_err=worst.get("max_abs_err"), worst_output=worst.get("output"), report=report)
+        return
+    b1 = (report.get("batches") or {}).get("1") or {}
+    repo.add_benchmark(s, artifact_id=art_id, job_id=step.job_id, step_id=step.id,
+                       status=report.get("status", "failed"), reason=report.get("reason"), settings=dict(step.options),
+                       load_ms=report.get("load_ms"), p50_ms=b1.get("p50_ms"), p99_ms=b1.get("p99_ms"),
+                       throughput=b1.get("throughput"), host=report.get("host") or {}, results=report,
+                       object_key=object_key)
+
+
+def _forget_blobs(db, files: list[StoredFile]) -> None:
     from app.ingest import blobs
 
     with db.session() as s:
-        blobs.release(s, [f["sha256"] for f in files])
+        blobs.release(s, [f.sha256 for f in files])
 
 
 def _blob(sha: str) -> str:
@@ -544,39 +647,36 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _store_artifact(settings, db, store, out_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+def _store_artifact(settings, db, store, out_dir: Path, result: dict[str, Any]) -> StoredArtifact:
     """Hash, inspect and store what the converter wrote. An artifact modelport cannot read fails the step."""
     from app.errors import ModelportError
+    from app.ingest import blobs
     from app.ingest.inspection import inspect_files
     from app.ingest.uploads import _manifest_digest, _sha256_file
     from app.sandbox.parent import SandboxFailure
 
-    files = []
-    for p in sorted(out_dir.rglob("*")):
-        if p.is_file():
-            rel = p.relative_to(out_dir).as_posix()
-            files.append({"path": rel, "sha256": _sha256_file(p), "size": p.stat().st_size, "tmp": p})
+    files = [StoredFile(p.relative_to(out_dir).as_posix(), _sha256_file(p), p.stat().st_size, p)
+             for p in sorted(out_dir.rglob("*")) if p.is_file()]
     if not files:
         raise SandboxFailure({"message": "the converter wrote no files"})
     try:
         inspection = result.get("inspection") or inspect_files(
-            out_dir, [f["path"] for f in files], result["primary"], accept_unknown=False,
+            out_dir, [f.path for f in files], result["primary"], accept_unknown=False,
             in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
             memory_mb=settings.inspect_memory_mb)
     except ModelportError as e:
         raise SandboxFailure({"message": f"the converter produced an artifact modelport cannot read: {e.message}",
                               "hint": "this is a converter bug; see the job log"}) from None
-    from app.ingest import blobs
-
-    blobs.claim(db, [f["sha256"] for f in files])  # before writing: a pending deletion of these bytes is off
+    blobs.claim(db, [f.sha256 for f in files])  # before writing: a pending deletion of these bytes is off
     try:
         for f in files:
-            store.put_file(_blob(f["sha256"]), f["tmp"], move=True)
+            store.put_file(_blob(f.sha256), f.tmp, move=True)
     except Exception:  # what got stored has no reference: the sweep decides
         _forget_blobs(db, files)
         raise
-    digest = files[0]["sha256"] if len(files) == 1 else _manifest_digest(files)
-    return {"files": files, "inspection": inspection, "digest": digest}
+    rows = [f.row() for f in files]
+    digest = files[0].sha256 if len(files) == 1 else _manifest_digest(rows)
+    return StoredArtifact(files, inspection, digest)
 
 
 # ----------------------------------------------------------------------------- reaping

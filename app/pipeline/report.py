@@ -15,20 +15,28 @@ SEED = {
     "portability": ("Portability", ["onnx", "safetensors"]),
     "security": ("Security", ["safetensors", "onnx", "pytorch"]),
 }
-# Loading these runs no code from the file (pickle-free, no Python): the security priority's candidates.
-NO_CODE_ON_LOAD = {"safetensors", "onnx", "openvino", "tflite", "coreml", "tensorrt", "torch_export"}
 
 
 def precision_of(art) -> str:
     p = (art.options or {}).get("precision")
-    return p if p else ("exact" if art.format in ("safetensors", "pytorch") else "fp32")
+    return p if p else ("exact" if _info(art.format).weights_only else "fp32")
+
+
+def _info(fmt: str):
+    from app.formats import FormatInfo, find
+
+    return find(fmt) or FormatInfo(fmt, fmt, (), code_on_load=True)  # an unknown format: assume the worst
 
 
 def build(s, model) -> dict[str, Any]:
     rows = []
-    for art in repo.list_artifacts(s, model.id):
-        v = repo.latest_validation(s, art.id)
-        b = repo.latest_benchmark(s, art.id)
+    arts = repo.list_artifacts(s, model.id)
+    vals, benches = repo.latest_checks(s, [a.id for a in arts])
+    host = None
+    for art in arts:
+        v, b = vals.get(art.id), benches.get(art.id)
+        if host is None and b is not None and b.host:
+            host = b.host
         batches = (b.results.get("batches") or {}) if b is not None else {}
         big = max((k for k in batches if k != "1" and batches[k].get("p50_ms") is not None), key=int, default=None)
         rows.append({
@@ -44,12 +52,6 @@ def build(s, model) -> dict[str, Any]:
             "max_abs_err": v.max_abs_err if v else None,
             "deployable": bool(v and v.status == "passed"),
         })
-    host = None
-    for art in repo.list_artifacts(s, model.id):
-        b = repo.latest_benchmark(s, art.id)
-        if b is not None and b.host:
-            host = b.host
-            break
     return {"model": {"id": model.id, "name": model.name, "format": model.format, "size_bytes": model.size_bytes},
             "host": host, "rows": rows, "recommendations": recommend(model, rows)}
 
@@ -112,7 +114,8 @@ def recommend(model, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add("portability", portable[0] if portable else None,
             "SafeTensors: framework-neutral weights (validated tensor for tensor)" if portable else
             "no validated ONNX or SafeTensors artifact", proven)
-    safe = [r for r in proven if r["format"] in NO_CODE_ON_LOAD]
+    # loading these runs no code from the file (pickle-free, no Python): the security priority's candidates
+    safe = [r for r in proven if not _info(r["format"]).code_on_load]
     if safe:
         order = SEED["security"][1]
         best = min(safe, key=lambda r: order.index(r["format"]) if r["format"] in order else len(order))

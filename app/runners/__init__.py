@@ -1,44 +1,92 @@
 """Runners: load a model file set and run it on numpy arrays, one module per runtime.
 
-``open_runner(fmt, root, paths, primary, precision=..., threads=...)`` picks the runner for a
-format. A runner that cannot run on this host raises :class:`RunnerUnavailable` with the reason
-(e.g. "Core ML prediction needs macOS"). Heavy imports stay inside the runner modules."""
+Each runner module declares ``RUNTIME`` (a :class:`Runtime`: its name, the Python module it needs,
+the hardware queue whose hosts run it, its toolchain, the precision it pins) and a function
+``load(root, paths, primary, *, precision, threads, fmt, **kw) -> Runner``. A format names its
+runner in its ``FormatInfo``; everything else asks this module. A runner that cannot run on this
+host raises :class:`RunnerUnavailable` with the reason (e.g. "Core ML prediction needs macOS").
+Heavy imports stay inside the runner modules' functions."""
 
 from __future__ import annotations
 
 import importlib
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
-from app.runners.base import Runner, RunnerUnavailable
+from app import formats
+from app.runners.base import HARDWARE_NEEDS, Runner, RunnerUnavailable, Runtime
 
-# format -> module under app.runners implementing ``load(root, paths, primary, precision, threads, **kw) -> Runner``
-RUNNER_MODULES: dict[str, str] = {
-    "onnx": "onnxruntime_runner",
-    "openvino": "openvino_runner",
-    "torchscript": "torchscript_runner",
-    "torch_export": "torch_export_runner",
-    "tflite": "tflite_runner",
-    "coreml": "coreml_runner",
-    "tensorrt": "tensorrt_runner",
-    "savedmodel": "tensorflow_runner",  # TensorFlow: only under the TF toolchain (queue cpu.tf)
-    "keras": "tensorflow_runner",
-}
-TF_ONLY = {"savedmodel", "keras"}
-"""Formats whose runner needs TensorFlow, which only the TF toolchain has: their validation runs there."""
-WEIGHTS_ONLY = {"pytorch", "safetensors"}
+DEFAULT_QUEUE = "cpu"
+"""Where a format without a runtime is handled (weights-only formats are measured on load there)."""
+
+
+@cache
+def _import(entry: str) -> ModuleType:
+    return importlib.import_module(entry if "." in entry else f"app.runners.{entry}")
+
+
+def runner_module(fmt: str) -> ModuleType | None:
+    info = formats.find(fmt)
+    return _import(info.runner) if info is not None and info.runner else None
+
+
+def runtime_of(fmt: str) -> Runtime | None:
+    """The runtime that runs ``fmt``, or None (weights only, refused, unknown)."""
+    m = runner_module(fmt)
+    return m.RUNTIME if m is not None else None
+
+
+def runnable(fmt: str) -> bool:
+    """A runner exists for it (on some host): it can be served, validated and benchmarked."""
+    return runtime_of(fmt) is not None
+
+
+def weights_only(fmt: str) -> bool:
+    info = formats.find(fmt)
+    return bool(info and info.weights_only)
+
+
+def queue_for(fmt: str) -> str:
+    """The queue on which an artifact of ``fmt`` is validated and benchmarked."""
+    rt = runtime_of(fmt)
+    return rt.queue if rt is not None else DEFAULT_QUEUE
+
+
+def toolchain_for(fmt: str) -> str:
+    rt = runtime_of(fmt)
+    return rt.toolchain if rt is not None else "main"
+
+
+def check_placement(candidate: str, reference: str | None = None) -> tuple[str, str]:
+    """(queue, toolchain) of a step that runs ``candidate`` (and, to validate it, ``reference``):
+    a runtime outside the main toolchain decides, because only its interpreter has it (a TensorFlow
+    upload is the reference of its TFLite artifact: both run under the TF toolchain, whose LiteRT
+    runs TFLite too); otherwise the candidate's hardware does."""
+    for fmt in (reference, candidate):
+        if fmt is not None and toolchain_for(fmt) != "main":
+            return queue_for(fmt), toolchain_for(fmt)
+    return queue_for(candidate), "main"
+
+
+def runtimes() -> dict[str, Runtime]:
+    """Every declared runtime, by runner module."""
+    out = {}
+    for f in formats.all_formats():
+        if f.runner:
+            out[f.runner] = _import(f.runner).RUNTIME
+    return out
 
 
 def open_runner(fmt: str, root: Path, paths: list[str], primary: str, *, precision: str = "fp32",
                 threads: int | None = None, **kw) -> Runner:
-    if fmt in WEIGHTS_ONLY:
+    if weights_only(fmt):
         raise RunnerUnavailable(f"{fmt} holds weights only: running it needs the model's architecture (code)")
-    name = RUNNER_MODULES.get(fmt)
-    if name is None:
+    module = runner_module(fmt)
+    if module is None:
         raise RunnerUnavailable(f"no runner for format '{fmt}'")
-    module = importlib.import_module(f"app.runners.{name}")
-    if name == "tensorflow_runner":
-        kw["fmt"] = fmt
-    return module.load(root, paths, primary, precision=precision, threads=threads, **kw)
+    return module.load(root, paths, primary, precision=precision, threads=threads, fmt=fmt, **kw)
 
 
-__all__ = ["Runner", "RunnerUnavailable", "open_runner", "RUNNER_MODULES", "TF_ONLY", "WEIGHTS_ONLY"]
+__all__ = ["HARDWARE_NEEDS", "Runner", "RunnerUnavailable", "Runtime", "check_placement", "open_runner",
+           "queue_for", "runnable", "runner_module", "runtime_of", "runtimes", "toolchain_for", "weights_only"]

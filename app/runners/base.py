@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+Hardware = Literal["cpu", "intel", "gpu", "apple"]
+HARDWARE_NEEDS: dict[str, str] = {"cpu": "", "intel": "needs OpenVINO on an x86-64 CPU",
+                                  "gpu": "needs an NVIDIA GPU (nvidia-smi finds none)", "apple": "needs macOS"}
+"""Every hardware queue, and what a host must have to serve it (said when it has not)."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runner module's declaration (``RUNTIME`` in ``app/runners/<module>.py``): read by the
+    queue router, the worker capability check, ``/v1/formats`` and the benchmark's host record."""
+
+    name: str  # what RunnerInfo.runtime says: "onnxruntime", "openvino", "torch", "litert", …
+    module: str  # the Python module whose presence means this interpreter can run it
+    hardware: Hardware  # the queue whose hosts run it: validation and benchmarks of its formats go there
+    toolchain: str = "main"  # the interpreter that has it ("tf": the TensorFlow toolchain)
+    precision: str = "fp32"  # what validation pins it to (e.g. OpenVINO INFERENCE_PRECISION_HINT=f32)
+    packages: tuple[str, ...] = ()  # distributions whose versions go into benchmark host records
+
+    @property
+    def queue(self) -> str:
+        return self.hardware if self.toolchain == "main" else f"{self.hardware}.{self.toolchain}"
 
 
 class RunnerUnavailable(Exception):

@@ -13,7 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("coreml", module="coremltools", hardware="apple", packages=("coremltools",))
 
 # Core ML ArrayFeatureType.ArrayDataType
 _ARRAY_TYPES = {65568: "float32", 65600: "float64", 65552: "float16", 131104: "int32", 131080: "int8"}

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("onnxruntime", module="onnxruntime", hardware="cpu", packages=("onnxruntime", "onnxruntime-gpu"))
 
 _TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

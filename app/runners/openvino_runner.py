@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("openvino", module="openvino", hardware="intel", packages=("openvino",))
 
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 _BACK = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("tensorflow", module="tensorflow", hardware="cpu", toolchain="tf", packages=("tensorflow", "tf_keras", "keras"))
 
 
 def _tf():

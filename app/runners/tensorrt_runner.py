@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("tensorrt", module="tensorrt", hardware="gpu", packages=("tensorrt", "tensorrt-cu12", "tensorrt-cu13"))
 
 MAGIC = b"ftrt"
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("litert", module="ai_edge_litert", hardware="cpu", packages=("ai-edge-litert", "tflite-runtime"))
 
 _QUANT = {"int8", "uint8", "int16"}
 

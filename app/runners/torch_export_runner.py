@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner
+from app.runners.base import IOSpec, Runner, Runtime
 from app.runners.torchscript_runner import (
     default_threads,
     dtype_name,
@@ -24,6 +24,8 @@ from app.runners.torchscript_runner import (
     to_numpy,
     weights_precision,
 )
+
+RUNTIME = Runtime("torch", module="torch", hardware="cpu", packages=("torch",))
 
 
 def _dim(d) -> int | str | None:

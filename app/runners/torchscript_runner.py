@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable
+from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
+
+RUNTIME = Runtime("torch", module="torch", hardware="cpu", packages=("torch",))
 
 _PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _SCALAR_TYPES = {"int": "int64", "float": "float64", "bool": "bool"}

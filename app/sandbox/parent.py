@@ -132,7 +132,7 @@ def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_
         raise SandboxFailure(error)
     result = payload["result"]
     result["inspection"] = payload.get("inspection")
-    if not (out_dir / result["primary"]).exists():
+    if kind == "convert" and not (out_dir / result["primary"]).exists():
         raise SandboxFailure({"message": f"the converter reported {result['primary']} but did not write it"})
     result["seconds"] = seconds
     return result

@@ -78,19 +78,16 @@ class _JobCollector:
         return []
 
     def collect(self):
-        from sqlalchemy import func, select
-
-        from app.catalog.tables import Job
+        from app.catalog import repo
 
         jobs = GaugeMetricFamily("modelport_jobs", "Conversion jobs by state", labels=["status"])
         durations = SummaryMetricFamily("modelport_job_duration_seconds", "Finished jobs: creation to finish",
                                         labels=["status"])
         try:
             with self.db.session() as s:
-                for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
+                for status, n in repo.job_counts(s):
                     jobs.add_metric([status], n)
-                rows = s.execute(select(Job.status, Job.created_at, Job.finished_at)
-                                 .where(Job.finished_at.is_not(None))).all()
+                rows = repo.finished_job_times(s)
         except Exception:  # a scrape must not fail because the catalog blinked
             return
         agg: dict[str, list[float]] = {}

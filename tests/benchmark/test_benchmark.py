@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import app.pipeline.benchmark as bm
+from app import host
 from app.pipeline.benchmark import benchmark, default_inputs, fingerprint, input_shape
 from app.runners.base import IOSpec, Runner, RunnerInfo
 
@@ -341,14 +342,14 @@ def test_fingerprint_reads_gpus_from_nvidia_smi(tmp_path, monkeypatch):
     smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559, 570.86.15'\necho 'NVIDIA H100 80GB HBM3, 81559, 570.86.15'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    bm._gpus.cache_clear()
+    host._gpus.cache_clear()
     try:
         fp = fingerprint()
         assert fp["gpus"] == [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "driver": "570.86.15"}] * 2
         assert "gpu_error" not in fp
         smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate' >&2\nexit 9\n")
-        bm._gpus.cache_clear()
+        host._gpus.cache_clear()
         fp = fingerprint()
         assert fp["gpus"] == [] and fp["gpu_error"].startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
     finally:
-        bm._gpus.cache_clear()
+        host._gpus.cache_clear()

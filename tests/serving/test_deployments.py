@@ -37,7 +37,7 @@ def server(tmp_path_factory):
     import uvicorn
     from fastapi.testclient import TestClient
 
-    from app.serving.fastpath import create_asgi
+    from app.main import create_asgi
     from tests.conftest import make_settings
 
     tmp = tmp_path_factory.mktemp("serving")

@@ -60,7 +60,7 @@ class FastPath:
         await send({"type": "http.response.body", "body": body})
 
     async def _v2(self, scope, receive, send, name: str, version: str | None) -> None:
-        from app.api.v2 import run_infer
+        from app.serving.dataplane import run_infer
 
         try:
             body = await self._body(receive)
@@ -75,7 +75,7 @@ class FastPath:
         await self._send(send, status, headers, payload)
 
     async def _v1(self, scope, receive, send, name: str) -> None:
-        from app.api.deployments import run_predict
+        from app.serving.dataplane import run_predict
 
         try:
             body = await self._body(receive)
@@ -91,9 +91,3 @@ class FastPath:
             self.app.state, name, version, h.get(b"content-type", b"").decode("latin-1"),
             h.get(b"accept", b"").decode("latin-1"), body)
         await self._send(send, status, headers, payload)
-
-
-def create_asgi(settings=None) -> FastPath:
-    from app.main import create_app
-
-    return FastPath(create_app(settings))
