@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.api import upload_stream
 from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
 from app.api.schemas import model_out
 from app.api.zipstream import stream_zip
@@ -40,7 +41,7 @@ async def upload_model(
     name: Annotated[str | None, Query(max_length=255)] = None,
     metadata: Annotated[str | None, Query(description="JSON object")] = None,
 ):
-    up = await uploads.receive(request, settings, filename=filename, name=name, metadata=metadata)
+    up = await upload_stream.receive(request, settings, filename=filename, name=name, metadata=metadata)
     try:
         model, created = await anyio.to_thread.run_sync(uploads.ingest, up, settings, db, store)
     finally:

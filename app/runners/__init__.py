@@ -34,7 +34,7 @@ def runner_module(fmt: str) -> ModuleType | None:
 def runtime_of(fmt: str) -> Runtime | None:
     """The runtime that runs ``fmt``, or None (weights only, refused, unknown)."""
     m = runner_module(fmt)
-    return m.RUNTIME if m is not None else None
+    return getattr(m, "RUNTIME", None) if m is not None else None
 
 
 def runnable(fmt: str) -> bool:

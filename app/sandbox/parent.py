@@ -87,12 +87,13 @@ def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_
         try:
             while True:
                 try:
-                    proc.wait(timeout=poll_every_s)
+                    proc.wait(timeout=min(poll_every_s, max(timeout_s / 4, 0.01)))  # a short limit is kept
                     break
                 except subprocess.TimeoutExpired:
                     pass
                 if time.monotonic() - started > timeout_s:
-                    reason = f"the conversion ran longer than its {timeout_s:g}s time limit and was stopped"
+                    what = {"convert": "conversion", "validate": "validation"}.get(kind, kind)
+                    reason = f"the {what} ran longer than its {timeout_s:g}s time limit and was stopped"
                 elif poll is not None and poll():
                     reason = "cancelled"
                 if reason:
