@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.errors import ModelportError
+
 
 @dataclass(frozen=True)
 class FormatInfo:
@@ -118,15 +120,15 @@ def signature_complete(inputs: list[TensorSpec] | None, outputs: list[TensorSpec
     return all(t.name and t.dtype and t.shape is not None for t in (*inputs, *outputs))
 
 
-class FormatError(Exception):
+class FormatError(ModelportError):
+    """A format reader's refusal: the format it concerns is part of the detail."""
+
     status_code = 422
     code = "malformed_model"
 
     def __init__(self, format: str | None, message: str, **detail: Any):
-        super().__init__(message)
+        super().__init__(message, detail={"format": format, **detail})
         self.format = format
-        self.message = message
-        self.detail = {"format": format, **detail}
 
 
 class MalformedModel(FormatError):

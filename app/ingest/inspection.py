@@ -55,16 +55,13 @@ def _to_result(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(request: dict[str, Any]) -> dict[str, Any]:
-    from app.formats import FormatError, detect_and_inspect
+    from app.formats import detect_and_inspect
     from app.formats.base import ModelFiles
 
     files = ModelFiles(Path(request["root"]), list(request["paths"]), request.get("hint_name"))
     try:
         return {"ok": True, "inspection": detect_and_inspect(files, accept_unknown=request["accept_unknown"])}
-    except FormatError as e:
-        return {"ok": False, "error": {"status": e.status_code, "code": e.code, "message": e.message,
-                                       "detail": e.detail}}
-    except ModelportError as e:
+    except ModelportError as e:  # FormatError among them
         return {"ok": False, "error": {"status": e.status_code, "code": e.code, "message": e.message,
                                        "detail": e.detail}}
     except MemoryError:

@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from app.host import _read, fingerprint
-from app.runners.base import IOSpec, Runner
+from app.runners.base import Runner
+from app.runners.inputs import default_inputs, fixed_batch, input_shape  # noqa: F401 - the benchmark's inputs
 
 MIB = 1024 * 1024
-DYNAMIC_DIM = 16  # value for dynamic dims other than the batch dim
-INT_HIGH = 16  # generated integer inputs are in [0, INT_HIGH)
 _clock = time.perf_counter_ns  # the one clock (a module global so tests can drive it)
 
 # --------------------------------------------------------------------------------------------
@@ -57,55 +56,6 @@ def _reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-def _is_dynamic(dim: Any) -> bool:
-    return dim is None or isinstance(dim, str) or (isinstance(dim, int) and dim <= 0)
-
-
-def fixed_batch(specs: list[IOSpec]) -> int | None:
-    """The batch a model is pinned to: dim 0 of its inputs when no input has a dynamic dim 0
-    (``None`` when batch is free, or the model has no batched input)."""
-    ranked = [s for s in specs if len(s.shape) >= 1]
-    if not ranked or any(_is_dynamic(s.shape[0]) for s in ranked):
-        return None
-    return int(ranked[0].shape[0])
-
-
-def input_shape(spec: IOSpec, batch_size: int) -> list[int]:
-    """Concrete shape for one input: the first dynamic dim is the batch, other dynamic dims 16.
-
-    Only a dynamic dim 0 stands for the batch: in ``[1, "seq"]`` the batch is pinned at 1 and
-    ``seq`` is not the batch, so it gets 16 like any other dynamic dim."""
-    batched = bool(spec.shape) and _is_dynamic(spec.shape[0])
-    return [(batch_size if i == 0 and batched else DYNAMIC_DIM) if _is_dynamic(d) else int(d)
-            for i, d in enumerate(spec.shape)]
-
-
-def default_inputs(specs: list[IOSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds: standard normal for floats, integers in [0, 16) for ints, coin flips for bools."""
-    rng = np.random.default_rng([seed, batch_size])
-    feeds = {}
-    for spec in specs:
-        shape = tuple(input_shape(spec, batch_size))
-        try:
-            dtype = np.dtype(spec.dtype)
-        except TypeError as e:
-            raise ValueError(f"input {spec.name!r}: can't generate dtype {spec.dtype!r}; pass inputs_for") from e
-        if dtype.kind == "f":
-            arr = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
-        elif dtype.kind in "iu":
-            arr = rng.integers(0, INT_HIGH, size=shape).astype(dtype, copy=False)
-        elif dtype.kind == "b":
-            arr = rng.integers(0, 2, size=shape).astype(np.bool_)
-        else:
-            raise ValueError(f"input {spec.name!r}: can't generate dtype {spec.dtype!r}; pass inputs_for")
-        feeds[spec.name] = np.asarray(arr, order="C")  # (ascontiguousarray makes 0-d 1-d)
-    return feeds
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,6 +72,15 @@ from typing import Any
 import numpy as np
 
 from app.runners.base import IOSpec, Runner, RunnerUnavailable
+from app.runners.inputs import (  # noqa: F401 - make_inputs is part of this module's API
+    INT_RANGE,
+    OTHER_DIM,
+    _is_exact_kind,
+    _is_float,
+    _np_dtype,
+    is_dynamic,
+    make_inputs,
+)
 
 _CRITERIA = ("atol", "rtol", "atol_scale", "min_cosine", "min_top1")
 
@@ -83,8 +92,6 @@ PROFILES: dict[str, dict[str, Any]] = {
     "int8": {"atol": 1e-3, "rtol": 0.0, "atol_scale": 0.25, "min_cosine": 0.99, "min_top1": 0.9},
 }
 
-INT_RANGE = (0, 16)  # integer inputs (token ids, indices): small, valid for any vocabulary/table
-OTHER_DIM = 16  # size of dynamic dims other than each input's first one
 
 
 # ------------------------------------------------------------------------------ tolerances
@@ -161,122 +168,6 @@ def resolve_tolerance(profile: str | Tolerance, overrides: dict | None = None) -
         outputs[str(out_name)] = {**outputs.get(str(out_name), {}),
                                   **_check_criteria(crit, f"tolerance overrides for output {out_name!r}")}
     return Tolerance(profile=name, outputs=outputs, **base)
-
-
-# ---------------------------------------------------------------------------------- dtypes
-
-
-def _np_dtype(name: Any) -> np.dtype:
-    try:
-        return np.dtype(name)
-    except TypeError:
-        if isinstance(name, str) and (name.startswith("bfloat") or name.startswith("float8")):
-            import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 with numpy
-
-            return np.dtype(name)
-        raise
-
-
-def _is_float(dt: np.dtype) -> bool:
-    return dt.kind == "f" or (dt.kind == "V" and (dt.name.startswith("bfloat") or dt.name.startswith("float")))
-
-
-def _is_exact_kind(dt: np.dtype) -> bool:
-    return dt.kind in "iub"
-
-
-# ------------------------------------------------------------------------------ make_inputs
-
-
-def _is_dynamic(d: Any) -> bool:
-    return d is None or isinstance(d, str) or (isinstance(d, int) and d < 0)
-
-
-def _dim_key(spec_idx: int, dim_idx: int, d: Any) -> str:
-    return d if isinstance(d, str) and d else f"#{spec_idx}.{dim_idx}"
-
-
-def _random(rng: np.random.Generator, dt: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
-    if _is_float(dt):
-        return np.asarray(rng.standard_normal(shape)).astype(dt)
-    if dt.kind == "b":
-        return np.asarray(rng.random(shape) < 0.5)
-    if dt.kind in "iu":
-        hi = 256 if dt == np.uint8 else INT_RANGE[1]
-        return np.asarray(rng.integers(INT_RANGE[0], hi, size=shape)).astype(dt)
-    raise ValueError(f"input {name!r}: cannot make values of dtype {dt.name}")
-
-
-def _check_sample(spec: IOSpec, value: Any) -> np.ndarray:
-    a = np.asarray(value)
-    if spec.shape is None or not spec.dtype:
-        return a
-    dt = _np_dtype(spec.dtype)
-    if len(a.shape) != len(spec.shape):
-        raise ValueError(f"sample {spec.name!r} has shape {list(a.shape)}; the model expects rank "
-                         f"{len(spec.shape)} {spec.shape}")
-    bad = [i for i, (s, d) in enumerate(zip(a.shape, spec.shape, strict=True))
-           if not _is_dynamic(d) and s != d]
-    if bad:
-        raise ValueError(f"sample {spec.name!r} has shape {list(a.shape)}; the model expects {spec.shape}")
-    if a.dtype != dt:
-        ok = (_is_float(dt) and (_is_float(a.dtype) or a.dtype.kind in "iu")) or \
-             (dt.kind in "iu" and a.dtype.kind in "iu") or (dt.kind == "b" and a.dtype.kind == "b")
-        if not ok:
-            raise ValueError(f"sample {spec.name!r} has dtype {a.dtype.name}; the model expects {dt.name}")
-        a = a.astype(dt)
-    return a
-
-
-def make_inputs(specs: list[IOSpec], *, seed: int = 0, samples: dict[str, np.ndarray] | None = None,
-                dim_values: tuple = (1, 3), other_dim: int = OTHER_DIM) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Labelled input sets for ``specs``.
-
-    The first dynamic dim of each input (usually the batch) takes each of ``dim_values`` in turn —
-    one set per value, so a batch-specialised export is caught; other dynamic dims get
-    ``other_dim``. A symbolic name gets one size across all inputs. Floats are standard normal,
-    integers in ``[0, 16)`` (uint8 ``[0, 255]``), bools random. ``samples`` (e.g. a user's .npz)
-    come first as set ``"samples"``."""
-    rng = np.random.default_rng(seed)
-    sets: list[tuple[str, dict[str, np.ndarray]]] = []
-    if samples is not None:
-        names = [s.name for s in specs]
-        missing = [n for n in names if n not in samples]
-        extra = sorted(set(samples) - set(names))
-        if missing or extra:
-            parts = ([f"missing input(s) {missing}"] if missing else []) + \
-                    ([f"unknown name(s) {extra}"] if extra else [])
-            raise ValueError(f"samples do not match the model's inputs {names}: " + "; ".join(parts))
-        sets.append(("samples", {s.name: _check_sample(s, samples[s.name]) for s in specs}))
-
-    unknown = [s.name for s in specs if s.shape is None or not s.dtype]
-    if unknown and sets:
-        return sets  # only the user's samples can feed inputs of unknown rank/dtype
-    if unknown:
-        raise ValueError(f"cannot make values for input(s) {unknown}: dtype or rank unknown (pass samples)")
-    # which dims vary across sets: each input's first dynamic dim (and every dim sharing its name)
-    varying: dict[str, str] = {}  # key -> label name
-    for i, s in enumerate(specs):
-        for j, d in enumerate(s.shape):
-            if _is_dynamic(d):
-                varying.setdefault(_dim_key(i, j, d), d if isinstance(d, str) and d else "batch")
-                break
-    values = list(dict.fromkeys(int(v) for v in dim_values)) if varying else [None]
-    if any(v is not None and v < 0 for v in values):
-        raise ValueError(f"dim_values must be >= 0, got {dim_values}")
-    for v in values:
-        feeds: dict[str, np.ndarray] = {}
-        for i, s in enumerate(specs):
-            shape = []
-            for j, d in enumerate(s.shape):
-                if not _is_dynamic(d):
-                    shape.append(int(d))
-                else:
-                    shape.append(v if _dim_key(i, j, d) in varying else int(other_dim))
-            feeds[s.name] = _random(rng, _np_dtype(s.dtype), tuple(shape), s.name)
-        label = "static" if v is None else ",".join(f"{n}={v}" for n in dict.fromkeys(varying.values()))
-        sets.append((label, feeds))
-    return sets
 
 
 # ---------------------------------------------------------------------------------- compare
@@ -626,7 +517,7 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
     for s, c in zip(specs, ordered_cand, strict=True):
         if s.shape is not None and c.shape is not None and len(s.shape) == len(c.shape):
             loose = [j for j, (d, cd) in enumerate(zip(s.shape, c.shape, strict=True))
-                     if not _is_dynamic(d) and _is_dynamic(cd)]
+                     if not is_dynamic(d) and is_dynamic(cd)]
             if loose:
                 notes.append(f"input {s.name!r}: dim(s) {loose} are dynamic in the candidate but fixed in the "
                              f"reference {s.shape}: only the reference's sizes are tested")

@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from app.runners.inputs import is_dynamic as _is_dynamic  # the one rule for dynamic dims
+
 try:  # numpy has no bfloat16; ml_dtypes (a small numpy extension) registers one
     import ml_dtypes as _ml_dtypes
 
@@ -964,12 +966,8 @@ def _dtype_label(dt: np.dtype) -> str:
         return dt.name
 
 
-def _is_dynamic(dim: Any) -> bool:
-    return dim is None or isinstance(dim, str) or (isinstance(dim, int) and dim <= 0)
-
-
 def _fmt_shape(shape: list) -> str:
-    return "[" + ", ".join("?" if d is None or (isinstance(d, int) and d <= 0) else str(d) for d in shape) + "]"
+    return "[" + ", ".join("?" if _is_dynamic(d) else str(d) for d in shape) + "]"
 
 
 def _check_shape(name: str, arr: np.ndarray, shape: list) -> None:

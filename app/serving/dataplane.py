@@ -112,7 +112,7 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
                               time.perf_counter() - t)
     except ServingError as e:
         metrics.failure.labels(*labels, e.code).inc()
-        return _error(_as_error(e))
+        return _error(e)
     except codec.CodecError as e:
         metrics.failure.labels(*labels, "bad_input").inc()
         return _error(BadRequest(str(e), code="bad_input"))
@@ -129,8 +129,3 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
 def _error(err: ModelportError) -> tuple[int, dict[str, str], bytes]:
     return err.status_code, {"content-type": "application/json"}, json.dumps(err.to_dict()).encode()
 
-
-def _as_error(e: ServingError) -> ModelportError:
-    err = ModelportError(e.message, code=e.code)
-    err.status_code = e.status
-    return err

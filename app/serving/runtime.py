@@ -23,15 +23,22 @@ from typing import Any
 import numpy as np
 
 from app.catalog import repo
+from app.errors import ModelportError
 from app.storage import blob_key
 
 log = logging.getLogger("modelport.serving")
 
 
-class ServingError(Exception):
+class ServingError(ModelportError):
+    """A deployment that cannot answer (not found, not ready, catalog unreachable)."""
+
     def __init__(self, status: int, message: str, code: str = "serving_error"):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        super().__init__(message, code=code)
+        self.status_code = status
+
+    @property
+    def status(self) -> int:
+        return self.status_code
 
 
 @dataclass

@@ -442,8 +442,6 @@ def _have(*modules: str) -> bool:
     return all(importlib.util.find_spec(f"app.runners.{m}") is not None for m in modules)
 
 
-@pytest.mark.skipif(not _have("onnxruntime_runner", "torch_export_runner"),
-                    reason="app.runners.onnxruntime_runner / torch_export_runner not written yet")
 def test_torch_export_vs_its_onnx_export_passes_fp32(tmp_path: Path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
