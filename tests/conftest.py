@@ -3,6 +3,7 @@ store) and on PostgreSQL + S3 (SeaweedFS started here, for real)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import S3_KEY, S3_SECRET, empty_tables, make_settings
+
 PG_URL = os.environ.get("MODELPORT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-S3_KEY, S3_SECRET = "modelport-test-key", "modelport-test-secret"
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -73,12 +75,6 @@ def seaweedfs(tmp_path_factory) -> str:
     log.close()
 
 
-def make_settings(tmp_path: Path, **overrides):
-    from app.config import Settings
-
-    return Settings(data_dir=tmp_path / "data", **overrides)
-
-
 @pytest.fixture(params=["embedded", "postgres_s3"])
 def backend(request, tmp_path):
     """Settings for both deployments: the same tests run on each."""
@@ -91,19 +87,6 @@ def backend(request, tmp_path):
                              s3_access_key_id=S3_KEY, s3_secret_access_key=S3_SECRET)
     empty_tables(pg, "models", "blob_deletions")
     return settings
-
-
-def empty_tables(url: str, *tables: str) -> None:
-    """Tests of one session share the PostgreSQL database: start each from empty tables (those that
-    exist yet; deleting models cascades to their files, jobs and artifacts)."""
-    import sqlalchemy as sa
-
-    eng = sa.create_engine(url)
-    with eng.begin() as c:
-        for table in tables:
-            if sa.inspect(c).has_table(table):
-                c.execute(sa.text(f"DELETE FROM {table}"))
-    eng.dispose()
 
 
 @pytest.fixture
@@ -133,8 +116,48 @@ def embedded_client(tmp_path):
 def tf_python() -> str:
     """The TF toolchain's interpreter (``MODELPORT_TF_PYTHON`` or ``.venv-tf/bin/python``, made by
     scripts/setup-tf-toolchain, which ./scripts/test runs); tests that need it skip, saying so, without."""
-    py = Path(os.environ.get("MODELPORT_TF_PYTHON") or Path(__file__).resolve().parents[1] / ".venv-tf/bin/python")
+    py = _tf_python()
     if not py.exists():
         pytest.skip(f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain (or set "
                     "MODELPORT_TF_PYTHON) to test the ONNX -> TFLite edge (onnx2tf)")
     return str(py)
+
+
+REPO = Path(__file__).resolve().parents[1]
+MAKE_MODELS = REPO / "tests" / "formats" / "tf_make_models.py"
+
+
+def _tf_python() -> Path:
+    return Path(os.environ.get("MODELPORT_TF_PYTHON") or REPO / ".venv-tf" / "bin" / "python")
+
+
+@pytest.fixture(scope="session")
+def tf_models() -> Path:
+    """Real models written by TensorFlow itself (tests/formats/tf_make_models.py under the TF
+    toolchain), generated once per content of that script into ~/.cache/modelport-tests."""
+    py = _tf_python()
+    if not py.exists():
+        pytest.skip(
+            f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain "
+            "(or set MODELPORT_TF_PYTHON) to test against real TensorFlow-written models"
+        )
+    digest = hashlib.sha256(MAKE_MODELS.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelport-tests"
+    out = cache / f"tf_models-{digest}"
+    if (out / "facts.json").is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"tf_models-{digest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [str(py), str(MAKE_MODELS), str(tmp)], capture_output=True, text=True, timeout=600, env=env
+    )
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        pytest.fail(f"tf_make_models.py failed under {py}:\n{proc.stderr[-4000:]}")
+    if out.exists():  # another run finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out

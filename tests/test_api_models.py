@@ -204,7 +204,7 @@ def test_size_limit_is_413_and_leaves_nothing(tmp_path, files):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path, max_upload_bytes=500)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:

@@ -99,6 +99,29 @@ def test_a_failed_store_delete_is_retried(client, weights, monkeypatch):
     assert blobs.sweep(db, store, 0) == [m["digest"]] and not store.exists(blob_key(m["digest"]))
 
 
+def _wait_until_blocked(db) -> None:
+    """Until a writer waits on the sweep's lock: PostgreSQL shows the waiting backend; SQLite has one
+    writer at a time, so a second connection that may not wait is refused while the sweep holds it."""
+    import sqlite3
+
+    from sqlalchemy import text
+
+    if db.url.startswith("sqlite"):
+        probe = sqlite3.connect(db.engine.url.database, timeout=0)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                probe.execute("BEGIN IMMEDIATE")
+        finally:
+            probe.close()
+        return
+    deadline = time.monotonic() + 30
+    with db.engine.connect() as conn:
+        while not conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND query ILIKE 'DELETE FROM blob_deletions%'")).scalar():
+            assert time.monotonic() < deadline, "no claim is waiting for the sweep's row lock"
+            time.sleep(0.01)
+
+
 def test_an_upload_racing_the_sweep_keeps_its_bytes(client, weights, monkeypatch):
     """The sweep has checked that nothing references the blob and is deleting it when an upload
     of the same bytes arrives. The upload must wait for the sweep, see the blob gone and store its
@@ -106,24 +129,34 @@ def test_an_upload_racing_the_sweep_keeps_its_bytes(client, weights, monkeypatch
     db, store = client.app.state.db, client.app.state.store
     m = upload(client, weights).json()
     client.delete(f"/v1/models/{m['id']}")
-    deleting, go_on = threading.Event(), threading.Event()
-    real = type(store).delete
+    deleting, go_on, claiming = threading.Event(), threading.Event(), threading.Event()
+    order = []
+    real, real_cancel = type(store).delete, blobs.sql.cancel_deletions
 
     def slow_delete(self, key):
         deleting.set()
         assert go_on.wait(30)
-        return real(self, key)
+        real(self, key)
+        order.append("deleted")
+
+    def cancel(s, shas):
+        claiming.set()
+        real_cancel(s, shas)
+        order.append("claimed")
 
     monkeypatch.setattr(type(store), "delete", slow_delete)
+    monkeypatch.setattr(blobs.sql, "cancel_deletions", cancel)
     with ThreadPoolExecutor(2) as pool:
         swept = pool.submit(blobs.sweep, db, store, 0)
         assert deleting.wait(30)  # the sweep holds the deletion row now
         uploaded = pool.submit(upload, client, weights)
-        time.sleep(3)  # the upload reaches its claim and waits there
-        assert not uploaded.done(), "the upload did not wait for the sweep in progress"
+        assert claiming.wait(60), "the upload never claimed its blob"
+        _wait_until_blocked(db)
+        assert order == [] and not uploaded.done(), "the upload did not wait for the sweep in progress"
         go_on.set()
         assert swept.result(30) == [m["digest"]]
         r = uploaded.result(60)
+    assert order[:2] == ["deleted", "claimed"]  # the claim returned only once the sweep had deleted
     assert r.status_code == 201, r.text
     dl = client.get(f"/v1/models/{r.json()['id']}/download")
     assert dl.status_code == 200 and dl.content == weights

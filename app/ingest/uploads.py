@@ -13,7 +13,7 @@ from typing import Any
 
 from app.catalog import repo
 from app.catalog.tables import Model
-from app.errors import BadRequest, ServiceUnavailable
+from app.errors import BadRequest, NotFound, ServiceUnavailable
 from app.ingest import archives, blobs
 from app.ingest.inspection import inspect_files
 from app.storage import blob_key
@@ -188,3 +188,20 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
         if winner is not None:  # the same bytes landed concurrently: that one wins
             return winner, False
         raise
+
+
+def delete(db, store, model_id: str) -> None:
+    """The model, its jobs, artifacts and checks; its bytes go after the grace period (the sweep),
+    its benchmark reports now."""
+    with db.session() as s:
+        model = repo.get_model(s, model_id)
+        if model is None:
+            raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
+        reports = repo.benchmark_keys(s, [a.id for a in repo.list_artifacts(s, model.id)])
+        held = repo.model_digests(s, model)
+        repo.delete_model(s, model)
+        # every digest, not only what looks unreferenced here: two models sharing bytes deleted at once
+        # would each still see the other's rows; the sweep checks the references again after the grace period
+        blobs.release(s, held)
+    for key in reports:
+        store.delete(key)

@@ -208,8 +208,8 @@ def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
                   active_key=key, status=status, plan=[f"benchmark:{art.format}"])
         job.steps = [JobStep(index=0, kind="benchmark", edge=f"benchmark:{art.format}", queue=queue, options=opts,
                              status=status, max_attempts=settings.max_attempts, log="")]
-        s.add(job)
-        s.flush()
+        if not repo.add_job(s, job):  # the same request committed concurrently: that job wins
+            return repo.job_by_active_key(s, key), False
         first = job.steps[0]
     dispatcher.enqueue(first.id, first.queue)
     with db.session() as s:

@@ -175,3 +175,29 @@ def reachable_targets(source: str) -> list[tuple[str, dict[str, Any]]]:
         if target == "onnx":
             out += [("onnx", {"precision": "fp16"}), ("onnx", {"precision": "int8"})]
     return out
+
+
+def request_all(db, dispatcher, settings, model_id: str, *, input_specs: dict[str, Any] | None = None,
+                benchmark: bool | dict[str, Any] = True,
+                tolerance: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """One conversion job (validated and benchmarked) per reachable target and precision variant of
+    the model: the jobs made (or found, for a repeated request), and what was skipped and why."""
+    from app.conversion import planner
+    from app.pipeline import jobs
+
+    with db.session() as s:
+        model = repo.get_model(s, model_id)
+        source = model.format
+        live = jobs.live_queues(s, settings)
+    made, skipped = [], []
+    for target, options in reachable_targets(source):
+        missing = sorted({e.queue for e in planner.plan(source, target, options).edges} - live)
+        if missing:  # a job no worker could take would only sit waiting_for_hardware
+            skipped.append({"target": target, "options": options,
+                            "reason": f"no live worker serves queue {', '.join(missing)}; start one (modelport "
+                                      f"worker --queues {','.join(missing)}) or request this conversion anyway"})
+            continue
+        job, _ = jobs.create_job(db, dispatcher, settings, model_id, target, options, input_specs,
+                                 benchmark=benchmark, tolerance=tolerance)
+        made.append(job)
+    return made, skipped

@@ -110,7 +110,7 @@ class ModelCache:
         """The deployment's versions, newest first (cached for a second: no query per request)."""
         hit = self._names.get(name)
         now = time.monotonic()
-        if hit and not fresh and now - hit[0] < 1.0:
+        if hit and not fresh and now - hit[0] < self.FRESH_S:
             return hit[1]
         with self.db.session() as s:
             rows = [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
@@ -150,12 +150,14 @@ class ModelCache:
             rows = await asyncio.get_running_loop().run_in_executor(None, self._lookup, name,
                                                                     hit[1] if hit else None)
         else:
-            if age >= 1.0 and name not in self._refreshing:
+            if age >= self.FRESH_S and name not in self._refreshing:
                 self._refreshing.add(name)
                 asyncio.get_running_loop().run_in_executor(None, self._refresh, name)
             rows = hit[1]
         return self._pick(name, rows, version)
 
+    FRESH_S = 1.0
+    """Cached versions younger than this answer with no catalog query."""
     STALE_S = 30.0
     """How old cached versions may be and still answer while a thread refreshes them."""
 

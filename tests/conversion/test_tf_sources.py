@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.formats.test_tf_formats import tf_models  # noqa: F401 - the session fixture that writes them
-
 
 def _upload(client, models_dir: Path, name: str) -> dict:
     path = models_dir / name
@@ -35,7 +33,7 @@ def tf_client(tmp_path, tf_python):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": tf_python}))) as c:
         yield c

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import models
-from tests.conftest import S3_KEY, S3_SECRET, empty_tables, make_settings
+from tests.helpers import S3_KEY, S3_SECRET, empty_tables, make_settings, upload
 
 REDIS_URL = os.environ.get("MODELPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -80,13 +80,6 @@ def wait_for(pred, timeout: float, what: str, logs: Path | None = None):
     pytest.fail(f"timed out waiting for {what}\n{extra}")
 
 
-def upload(client, path: Path) -> dict:
-    r = client.post("/v1/models", params={"filename": path.name}, content=path.read_bytes(),
-                    headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code in (200, 201), r.text
-    return r.json()
-
-
 def test_waits_for_hardware_then_a_worker_runs_it(deployment, tmp_path):
     client, start_worker, logs = deployment
     m = upload(client, models.state_dict(tmp_path))
@@ -119,7 +112,6 @@ def test_worker_refuses_queues_it_cannot_serve(tmp_path):
 def _kill_when_running(client, job_id: str, proc: subprocess.Popen, logs: Path) -> dict:
     wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["steps"][0]["status"] == "running", 180,
              "the step to start running", logs)
-    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     return client.get(f"/v1/jobs/{job_id}").json()

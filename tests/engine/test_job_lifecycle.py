@@ -11,7 +11,7 @@ from app.catalog import repo
 from app.catalog.db import Database, upgrade
 from app.catalog.tables import utcnow
 from app.pipeline import jobs
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 
 class Recorder:

@@ -3,19 +3,11 @@ plan, queue, run in the sandbox, store the artifact with lineage, report failure
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from tests import models
-
-
-def upload(client, path: Path) -> dict:
-    r = client.post("/v1/models", params={"filename": path.name}, content=path.read_bytes(),
-                    headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code in (200, 201), r.text
-    return r.json()
+from tests.helpers import upload
 
 
 def convert(client, model_id: str, target: str, **body) -> tuple[int, dict]:

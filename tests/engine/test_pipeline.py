@@ -10,23 +10,7 @@ import numpy as np
 import pytest
 
 from tests import models
-
-FAST_BENCH = {"batch_sizes": [1, 4], "max_seconds": 3}
-
-
-def upload(client, path: Path) -> dict:
-    r = client.post("/v1/models", params={"filename": path.name}, content=path.read_bytes(),
-                    headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code in (200, 201), r.text
-    return r.json()
-
-
-def run_job(client, model_id: str, target: str, **body) -> dict:
-    r = client.post(f"/v1/models/{model_id}/conversions", json={"target": target, **body})
-    assert r.status_code in (200, 202), r.text
-    job = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
-    assert job["status"] == "succeeded", job
-    return job
+from tests.helpers import FAST_BENCH, run_job, upload
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +180,7 @@ def test_torch_export_to_tflite_through_the_tf_toolchain(tmp_path, pt2, tf_pytho
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path, toolchains={"tf": tf_python})
     with TestClient(create_app(settings)) as c:

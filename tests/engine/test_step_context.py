@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event
 
 from tests import models
-from tests.engine.test_pipeline import FAST_BENCH, run_job, upload
+from tests.helpers import FAST_BENCH, run_job, upload
 
 
 @pytest.fixture(scope="module")

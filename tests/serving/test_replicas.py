@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import models
-from tests.conftest import S3_KEY, S3_SECRET, empty_tables, make_settings
+from tests.helpers import S3_KEY, S3_SECRET, empty_tables, make_settings
 
 
 @pytest.fixture

@@ -1,0 +1,44 @@
+"""Plain helpers the API tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAST_BENCH = {"batch_sizes": [1, 4], "max_seconds": 3}
+S3_KEY, S3_SECRET = "modelport-test-key", "modelport-test-secret"
+
+
+def make_settings(tmp_path: Path, **overrides):
+    from app.config import Settings
+
+    return Settings(data_dir=tmp_path / "data", **overrides)
+
+
+def empty_tables(url: str, *tables: str) -> None:
+    """Tests of one session share the PostgreSQL database: start each from empty tables (those that
+    exist yet; deleting models cascades to their files, jobs and artifacts)."""
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        for table in tables:
+            if sa.inspect(c).has_table(table):
+                c.execute(sa.text(f"DELETE FROM {table}"))
+    eng.dispose()
+
+
+def upload(client, path: Path) -> dict:
+    """Upload one model file raw, under its own name; the model (new or the same bytes seen before)."""
+    r = client.post("/v1/models", params={"filename": path.name}, content=path.read_bytes(),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def run_job(client, model_id: str, target: str, **body) -> dict:
+    """Request a conversion and wait for its job, which must succeed."""
+    r = client.post(f"/v1/models/{model_id}/conversions", json={"target": target, **body})
+    assert r.status_code in (200, 202), r.text
+    job = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
+    assert job["status"] == "succeeded", job
+    return job
