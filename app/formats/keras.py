@@ -7,7 +7,8 @@ Detection, from the bytes:
 - HDF5: the signature ``\\x89HDF\\r\\n\\x1a\\n`` at offset 0 (or 512/1024/2048, after a user
   block), and then Keras markers read with h5py: a ``model_config`` root attribute (full model),
   a ``layer_names`` attribute at the root or on ``model_weights`` (legacy weights-only), or the
-  Keras 3 weights layout (``layers``/``vars`` groups, from ``save_weights("x.weights.h5")``).
+  Keras 3 weights layout (see :func:`_keras3_weights`): ``save_weights("x.weights.h5")``, the
+  ``model.weights.h5`` inside a ``.keras`` archive, ``KerasFileEditor.save``.
 
 HDF5 is a general container, so an HDF5 file without Keras markers is only claimed when its
 name says Keras (``.h5``, ``.hdf5``, ``.keras``): then :func:`inspect` raises
@@ -72,6 +73,10 @@ WEIGHTS_H5 = "model.weights.h5"
 
 # Top-level groups of a Keras 3 weights file that are not model weights.
 NON_MODEL_GROUPS = ("optimizer", "metrics", "compile_metrics", "loss")
+# Legacy HDF5 weights: the model's own variables (subclassed models), next to the layer groups.
+TOP_LEVEL_WEIGHTS = "top_level_model_weights"
+# Objects looked at, at most, when telling the Keras 3 weights layout from other HDF5 files.
+KERAS3_SCAN_LIMIT = 100_000
 
 
 # --- detection ------------------------------------------------------------------------------
@@ -99,6 +104,45 @@ def _keras_zip(files: ModelFiles, rel: str) -> bool:
     return "config.json" in names and "metadata.json" in names
 
 
+def _keras3_weights(f: Any) -> bool:
+    """Whether an open HDF5 file has the Keras 3 weights layout (``H5IOStore``).
+
+    Keras 3 (``keras/src/saving/saving_lib.py``: ``_save_state`` + ``H5IOStore``) walks the model
+    and writes the variables of every object as datasets (``0``, ``1``, ... for built-in layers)
+    in a ``vars`` group at the object's attribute path; nothing else holds datasets and no root
+    attributes are written. The paths depend on the model, so no fixed top-level name is required:
+
+    - Functional / Sequential: ``layers/<layer>/vars/<i>`` and an (empty) root ``vars``;
+    - subclassed models: ``<attribute>/vars/<i>`` (``dense``, ``conv2d``, ``blocks/dense_1`` for a
+      list attribute, ...), the model's own variables in the root ``vars``, no ``layers`` group;
+    - a compiled model adds ``optimizer/vars/<i>`` (not parameters);
+    - ``KerasFileEditor.save`` writes only groups that hold variables, so no root ``vars`` (and
+      a model's own variables under ``vars/vars``);
+    - tf.keras 2.12/2.13 ``.weights.h5``: ``_layer_checkpoint_dependencies/<layer>/vars/<i>``
+      (Keras 3 loads it through a "Fix for 2.13 compatibility" in ``H5IOStore.get``).
+
+    So: at least one group named ``vars``, and every dataset directly inside a ``vars`` group.
+    The walk stops at the first dataset elsewhere, or after :data:`KERAS3_SCAN_LIMIT` objects."""
+    import h5py
+
+    found = False
+    seen = 0
+
+    def visit(name: str, obj: Any) -> str | None:
+        nonlocal found, seen
+        seen += 1
+        parts = name.split("/")
+        if isinstance(obj, h5py.Dataset):
+            if len(parts) < 2 or parts[-2] != "vars":
+                return "stray"
+        elif parts[-1] == "vars":
+            found = True
+        return "limit" if seen >= KERAS3_SCAN_LIMIT else None
+
+    stop = f.visititems(visit)
+    return found and stop != "stray"
+
+
 def _markers(f: Any) -> tuple[str | None, list[str]]:
     """(kind, top-level keys) of an open HDF5 file; kind None when no Keras markers."""
     import h5py
@@ -111,9 +155,9 @@ def _markers(f: Any) -> tuple[str | None, list[str]]:
     mw = f.get("model_weights")
     if isinstance(mw, h5py.Group) and "layer_names" in mw.attrs:
         return "weights_only", keys
-    if "vars" in f and "layers" in f:  # Keras 3 save_weights("x.weights.h5")
-        return "weights_only", keys
     if "keras_version" in f.attrs:
+        return "weights_only", keys
+    if _keras3_weights(f):  # Keras 3 save_weights("x.weights.h5"), any model kind
         return "weights_only", keys
     return None, keys
 
@@ -495,8 +539,11 @@ def _weights_params(f: Any) -> tuple[int, int, str]:
         return p, n, "legacy_h5"
     if "layer_names" in f.attrs:
         total = n = 0
-        for lname in f.attrs["layer_names"]:
-            g = f.get(_attr_str(lname))
+        names = [_attr_str(x) for x in f.attrs["layer_names"]]
+        if TOP_LEVEL_WEIGHTS not in names:
+            names.append(TOP_LEVEL_WEIGHTS)  # a subclassed model's own variables
+        for lname in names:
+            g = f.get(lname)
             if isinstance(g, h5py.Group):
                 p, c = _count_weights(g)
                 total += p
@@ -711,6 +758,7 @@ def _inspect_h5(files: ModelFiles, det: Detection, insp: Inspection) -> None:
                 raise _malformed(
                     det,
                     f"is an HDF5 file but not a Keras model: no model_config or layer_names "
+                    f"attribute and not the Keras 3 weights layout (datasets in 'vars' groups) "
                     f"(top-level entries: {shown})",
                 )
             insp.details["kind"] = kind

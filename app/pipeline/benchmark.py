@@ -159,6 +159,7 @@ def benchmark(
     max_seconds: float = 60,
     seed: int = 0,
     inputs_for: Callable[[int], dict[str, np.ndarray]] | None = None,
+    plan: Any = None,
 ) -> dict[str, Any]:
     """Load a runner with ``load()`` and measure it; returns a JSON-able report.
 
@@ -167,7 +168,8 @@ def benchmark(
     size leaves unused goes to the next ones. The load and the first inference are not bounded.
     Stability compares two windows, so at least two run even with ``min_windows=1``;
     ``stability=0`` never stops early (runs ``max_windows`` or until the time is up).
-    ``inputs_for(batch_size)`` replaces the generated feeds. Every batch size gets at least one
+    ``inputs_for(batch_size)`` replaces the generated feeds; generated ones take dynamic sizes and
+    integer ranges from ``plan`` (a runnable-input search, :mod:`app.runners.search`). Every batch size gets at least one
     untimed run before its warm-up (the first inference for batch 1), which is where a model that
     can't take that batch fails: that size is then reported ``"failed: <error>"``, the others go on.
     ``load()`` or the first inference raising propagates (nothing to measure).
@@ -194,7 +196,7 @@ def benchmark(
         pinned = fixed_batch(specs)
 
         def feeds_for(bs: int) -> dict[str, np.ndarray]:
-            return dict(inputs_for(bs)) if inputs_for is not None else default_inputs(specs, bs, seed)
+            return dict(inputs_for(bs)) if inputs_for is not None else default_inputs(specs, bs, seed, plan)
 
         # ---- first inference: batch 1 (or the batch the model is pinned to)
         first_bs = 1 if pinned is None else pinned
@@ -263,6 +265,7 @@ def benchmark(
                      "min_windows": min_windows, "max_windows": max_windows, "stability": stability,
                      "max_seconds": max_seconds, "seed": seed,
                      "inputs": "caller" if inputs_for is not None else "generated",
+                     "input_plan": plan.to_dict() if plan is not None and inputs_for is None else None,
                      "throughput": "batch_size / mean latency (samples/s)"},
         "timer_overhead_ns": timer_ns,
         "total_s": round((now() - t_start) / 1e9, 3),

@@ -109,8 +109,15 @@ def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result
     except RunnerUnavailable as e:
         return _report(validation.skipped(
             f"the reference ({ref['format']}) cannot run here: {e}", profile=profile))
+    except Exception as e:  # e.g. an ai.onnx.ml or fp16 graph the validating runtime can't load: not the artifact's fault
+        return _report(validation.skipped(
+            f"the reference ({ref['format']}) could not be loaded by the validating runtime, so nothing can be "
+            f"compared: {type(e).__name__}: {str(e)[:500]}", profile=profile))
+    from app.runners import search
+
     report = validation.validate(reference, candidate, profile=profile, overrides=overrides, samples=samples,
-                                 seed=int(options.get("seed", 0)))
+                                 seed=int(options.get("seed", 0)),
+                                 evidence=search.evidence(ref["format"], Path(ref["root"]), ref["primary"]))
     return _report(report)
 
 
@@ -172,17 +179,23 @@ def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Resul
             return _Hinted(r, hinted_specs(specs, options.get("io_hints") or [], src.input_specs))
         return r
 
+    from app.runners import search
+
     try:
         probe = load()
-        probe.close()
     except RunnerUnavailable as e:
         hw = queue_for(src.format)
         return _report({"status": "skipped", "reason": f"{e}: waiting for a worker on the "
                                                   f"'{hw}' queue that can run {src.format}", "batches": {}})
+    try:  # measured on inputs it runs on (the sizes validation found, found again on the artifact)
+        plan = search.find(probe, list(probe.inputs()), search.evidence(src.format, src.root, src.primary))
+    finally:
+        probe.close()
     report = benchmark.benchmark(
         load,
         batch_sizes=tuple(options.get("batch_sizes", (1, 8))),
         max_seconds=float(options.get("max_seconds", 30)),
+        plan=plan,
     )
     # a flat summary per batch size next to the full measurement
     report["batches"] = {

@@ -77,9 +77,9 @@ from app.runners.inputs import (  # noqa: F401 - make_inputs is part of this mod
     OTHER_DIM,
     _is_exact_kind,
     _is_float,
-    _np_dtype,
     is_dynamic,
     make_inputs,
+    np_dtype,
 )
 
 _CRITERIA = ("atol", "rtol", "atol_scale", "min_cosine", "min_top1")
@@ -456,7 +456,10 @@ def _merge_specs(ref: list[IOSpec], cand: list[IOSpec] | None) -> list[IOSpec]:
         shape = list(s.shape) if s.shape is not None else (list(c.shape) if c and c.shape is not None else None)
         dtype = s.dtype or (c.dtype if c else None)
         if c is not None and c.shape is not None and shape is not None and len(c.shape) == len(shape):
-            shape = [cd if d is None and cd is not None else d for d, cd in zip(shape, c.shape, strict=True)]
+            # a candidate with static shapes (onnx2tf, TensorRT profiles) runs only at its own sizes; not
+            # the batch, though: a candidate that fixed the batch the reference leaves free is batch-specialised
+            shape = [cd if j > 0 and is_dynamic(d) and not is_dynamic(cd) else d
+                     for j, (d, cd) in enumerate(zip(shape, c.shape, strict=True))]
         out.append(IOSpec(s.name, dtype, shape))
     return out
 
@@ -464,20 +467,25 @@ def _merge_specs(ref: list[IOSpec], cand: list[IOSpec] | None) -> list[IOSpec]:
 def _cast(a: np.ndarray, dtype: str | None) -> np.ndarray:
     if not dtype or dtype == "object":
         return a
-    dt = _np_dtype(dtype)
+    dt = np_dtype(dtype)
     return a if a.dtype == dt else a.astype(dt)
 
 
 def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: dict | None = None,
              samples: dict[str, np.ndarray] | None = None, seed: int = 0,
-             dim_values: tuple = (1, 3)) -> dict[str, Any]:
+             dim_values: tuple = (1, 3), evidence: Any = None, search: bool = True) -> dict[str, Any]:
     """Run both runners on the same input sets and compare every output under ``profile``.
 
     Input specs are the reference's (unknown dims/dtypes filled from the candidate's); a
     candidate with other input names gets them by position, cast to its own input dtypes. A
     runner raising while running is a "failed" verdict naming the input set ("skipped" for
     :class:`RunnerUnavailable`). Bad ``overrides`` / ``samples`` are the caller's error:
-    ``ValueError``."""
+    ``ValueError``.
+
+    Generated inputs are ones the reference runs on: with ``search``, a runnable-input search
+    (:func:`app.runners.search.find`, helped by the file's ``evidence``) picks the sizes of dynamic
+    dims and the ranges of integer inputs first; the report's ``inputs`` says which and why. An
+    input set on which the reference itself fails or returns NaN/Inf counts against no one."""
     t0 = time.perf_counter()
     tol = resolve_tolerance(profile, overrides)
     ref_info, cand_info = _runner_info(reference), _runner_info(candidate)
@@ -514,6 +522,14 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
     cand_spec_by_name = {s.name: s for s in cand_specs}
     ordered_cand = [cand_spec_by_name[cand_by_ref[n]] for n in ref_names]
     specs = _merge_specs(ref_specs, ordered_cand)
+    for r, s in zip(ref_specs, specs, strict=True):
+        if r.shape is not None and s.shape is not None and len(r.shape) == len(s.shape):
+            pinned = {j: d for j, (rd, d) in enumerate(zip(r.shape, s.shape, strict=True))
+                      if is_dynamic(rd) and not is_dynamic(d)}
+            if pinned:
+                notes.append(f"input {s.name!r}: the candidate has static dim(s) "
+                             f"{', '.join(f'{j}={d}' for j, d in pinned.items())} where the reference is dynamic: "
+                             "validated at the candidate's sizes")
     for s, c in zip(specs, ordered_cand, strict=True):
         if s.shape is not None and c.shape is not None and len(s.shape) == len(c.shape):
             loose = [j for j, (d, cd) in enumerate(zip(s.shape, c.shape, strict=True))
@@ -529,7 +545,14 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
     if ref_prec and ref_prec != "fp32" and tol.profile != "exact":
         notes.append(f"the reference computes in {ref_prec}, not fp32")
 
-    sets = make_inputs(specs, seed=seed, samples=samples, dim_values=dim_values)
+    plan = None
+    if search:
+        from app.runners import search as input_search
+
+        plan = input_search.find(reference, specs, evidence, seed=seed)
+        if plan.found and plan.why:
+            notes.append("generated inputs: " + "; ".join(plan.why))
+    sets = make_inputs(specs, seed=seed, samples=samples, dim_values=dim_values, plan=plan)
     input_sets = [{"label": label, "shapes": {k: list(v.shape) for k, v in feeds.items()}} for label, feeds in sets]
     entries: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -544,6 +567,11 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
             # Not the artifact's fault: these inputs are invalid for the model itself (random inputs
             # are only a guess at what a model accepts). Recorded; the verdict rests on the other sets.
             ref_failures.append(f"the reference itself failed at input set {label!r}: {type(e).__name__}: {e}")
+            entries.append({"input_set": label, "output": None, "passed": None, "reason": ref_failures[-1]})
+            continue
+        bad = [k for k, v in ref_out.items() if v.dtype.kind == "f" and v.size and not np.isfinite(v).all()]
+        if bad and label != "samples":  # generated inputs the model has no answer for: not the artifact's fault
+            ref_failures.append(f"the reference itself returned NaN/Inf in {bad} at input set {label!r}")
             entries.append({"input_set": label, "output": None, "passed": None, "reason": ref_failures[-1]})
             continue
         if not checked_override_names:
@@ -587,8 +615,9 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         status, reason = "failed", failures[0] + more
     elif not compared and ref_failures:
+        why = plan.failure() if plan is not None and plan.searched and not plan.found else ref_failures[0]
         status, reason = "skipped", (
-            f"the uploaded model cannot run on generated inputs ({ref_failures[0]}); upload sample inputs "
+            f"the uploaded model cannot run on generated inputs ({why}); upload sample inputs "
             "(PUT /v1/models/{id}/samples, an .npz) so its artifacts can be proven")
     elif not compared:
         status, reason = "failed", "no comparable outputs: nothing was checked"
@@ -601,7 +630,8 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
         reason = (f"{len(compared)} output comparison(s) over {ran} input set(s) within profile {tol.profile}"
                   + (f"; worst max_abs_err {worst['max_abs_err']:.3g} ({worst['output']!r} at {worst['input_set']!r})"
                      if worst else ""))
-    return done(status, reason, input_sets=input_sets, outputs=entries, worst=worst, min_tolerance=min_tol)
+    return done(status, reason, input_sets=input_sets, outputs=entries, worst=worst, min_tolerance=min_tol,
+                inputs=plan.to_dict() if plan is not None else None)
 
 
 # ---------------------------------------------------------------------------- weights only

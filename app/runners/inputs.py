@@ -2,16 +2,21 @@
 benchmark and the serving probe.
 
 A dimension is dynamic when it is unknown (``None``), symbolic (a name) or negative (``-1``, as
-TFLite and OpenVINO write it); ``0`` is a real, empty dimension. Generated values: floats standard
+TFLite and OpenVINO write it); ``0`` is a real, empty dimension. A dynamic dim 0 is the batch;
+other dynamic dims take the sizes a runnable-input search found (:mod:`app.runners.search`), else
+``OTHER_DIM``. Generated values: floats standard
 normal, integers in ``INT_RANGE`` (uint8 over its whole range), bools random."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.runners.base import IOSpec
+
+if TYPE_CHECKING:
+    from app.runners.search import Plan
 
 INT_RANGE = (0, 16)  # integer inputs (token ids, indices): small, valid for any vocabulary/table
 OTHER_DIM = 16  # size of dynamic dims other than each input's first one (the batch)
@@ -21,7 +26,7 @@ def is_dynamic(d: Any) -> bool:
     return d is None or isinstance(d, str) or (isinstance(d, int) and d < 0)
 
 
-def _np_dtype(name: Any) -> np.dtype:
+def np_dtype(name: Any) -> np.dtype:
     try:
         return np.dtype(name)
     except TypeError:
@@ -43,7 +48,8 @@ def _is_exact_kind(dt: np.dtype) -> bool:
 # ------------------------------------------------------------------------------ make_inputs
 
 
-def _dim_key(spec_idx: int, dim_idx: int, d: Any) -> str:
+def dim_key(spec_idx: int, dim_idx: int, d: Any) -> str:
+    """One key per dynamic dim: its symbol (shared across inputs), else its position."""
     return d if isinstance(d, str) and d else f"#{spec_idx}.{dim_idx}"
 
 
@@ -62,7 +68,7 @@ def _check_sample(spec: IOSpec, value: Any) -> np.ndarray:
     a = np.asarray(value)
     if spec.shape is None or not spec.dtype:
         return a
-    dt = _np_dtype(spec.dtype)
+    dt = np_dtype(spec.dtype)
     if len(a.shape) != len(spec.shape):
         raise ValueError(f"sample {spec.name!r} has shape {list(a.shape)}; the model expects rank "
                          f"{len(spec.shape)} {spec.shape}")
@@ -80,14 +86,17 @@ def _check_sample(spec: IOSpec, value: Any) -> np.ndarray:
 
 
 def make_inputs(specs: list[IOSpec], *, seed: int = 0, samples: dict[str, np.ndarray] | None = None,
-                dim_values: tuple = (1, 3), other_dim: int = OTHER_DIM) -> list[tuple[str, dict[str, np.ndarray]]]:
+                dim_values: tuple = (1, 3), other_dim: int = OTHER_DIM,
+                plan: Plan | None = None) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Labelled input sets for ``specs``.
 
-    The first dynamic dim of each input (usually the batch) takes each of ``dim_values`` in turn —
-    one set per value, so a batch-specialised export is caught; other dynamic dims get
-    ``other_dim``. A symbolic name gets one size across all inputs. Floats are standard normal,
-    integers in ``[0, 16)`` (uint8 ``[0, 255]``), bools random. ``samples`` (e.g. a user's .npz)
-    come first as set ``"samples"``."""
+    A dynamic dim 0 (the batch) takes each of ``dim_values`` in turn — one set per value, so a
+    batch-specialised export is caught; other dynamic dims get the ``plan``'s size (a runnable-input
+    search), else ``other_dim``. A symbolic name gets one size across all inputs. Floats are
+    standard normal, integers in the plan's range or ``[0, 16)`` (uint8 ``[0, 255]``), masks the
+    plan's fill, bools random. ``samples`` (e.g. a user's .npz) come first as set ``"samples"``."""
+    from app.runners.search import make_array
+
     rng = np.random.default_rng(seed)
     sets: list[tuple[str, dict[str, np.ndarray]]] = []
     if samples is not None:
@@ -105,13 +114,13 @@ def make_inputs(specs: list[IOSpec], *, seed: int = 0, samples: dict[str, np.nda
         return sets  # only the user's samples can feed inputs of unknown rank/dtype
     if unknown:
         raise ValueError(f"cannot make values for input(s) {unknown}: dtype or rank unknown (pass samples)")
-    # which dims vary across sets: each input's first dynamic dim (and every dim sharing its name)
+    # which dims vary across sets: each input's dynamic dim 0 (and every dim sharing its name)
     varying: dict[str, str] = {}  # key -> label name
     for i, s in enumerate(specs):
-        for j, d in enumerate(s.shape):
-            if is_dynamic(d):
-                varying.setdefault(_dim_key(i, j, d), d if isinstance(d, str) and d else "batch")
-                break
+        if s.shape and is_dynamic(s.shape[0]):
+            d = s.shape[0]
+            varying.setdefault(dim_key(i, 0, d), d if isinstance(d, str) and d else "batch")
+    sizes = plan.sizes if plan is not None else {}
     values = list(dict.fromkeys(int(v) for v in dim_values)) if varying else [None]
     if any(v is not None and v < 0 for v in values):
         raise ValueError(f"dim_values must be >= 0, got {dim_values}")
@@ -123,8 +132,9 @@ def make_inputs(specs: list[IOSpec], *, seed: int = 0, samples: dict[str, np.nda
                 if not is_dynamic(d):
                     shape.append(int(d))
                 else:
-                    shape.append(v if _dim_key(i, j, d) in varying else int(other_dim))
-            feeds[s.name] = random_array(rng, _np_dtype(s.dtype), tuple(shape), s.name)
+                    key = dim_key(i, j, d)
+                    shape.append(v if key in varying else int(sizes.get(key, other_dim)))
+            feeds[s.name] = make_array(rng, s, tuple(shape), plan)
         label = "static" if v is None else ",".join(f"{n}={v}" for n in dict.fromkeys(varying.values()))
         sets.append((label, feeds))
     return sets
@@ -139,25 +149,28 @@ def fixed_batch(specs: list[IOSpec]) -> int | None:
     return int(ranked[0].shape[0])
 
 
-def input_shape(spec: IOSpec, batch_size: int) -> list[int]:
-    """Concrete shape for one input: the first dynamic dim is the batch, other dynamic dims 16.
+def input_shape(spec: IOSpec, batch_size: int, *, index: int = 0, plan: Plan | None = None) -> list[int]:
+    """Concrete shape for one input (the ``index``-th): a dynamic dim 0 is the batch, other dynamic
+    dims the plan's size, else 16.
 
     Only a dynamic dim 0 stands for the batch: in ``[1, "seq"]`` the batch is pinned at 1 and
     ``seq`` is not the batch, so it gets 16 like any other dynamic dim."""
-    batched = bool(spec.shape) and is_dynamic(spec.shape[0])
-    return [(batch_size if i == 0 and batched else OTHER_DIM) if is_dynamic(d) else int(d)
+    sizes = plan.sizes if plan is not None else {}
+    return [int(d) if not is_dynamic(d) else batch_size if i == 0 else int(sizes.get(dim_key(index, i, d), OTHER_DIM))
             for i, d in enumerate(spec.shape)]
 
 
-def default_inputs(specs: list[IOSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds for one batch size, values as :func:`random_array` makes them."""
+def default_inputs(specs: list[IOSpec], batch_size: int, seed: int = 0, plan: Plan | None = None) -> dict[str, np.ndarray]:
+    """Random feeds for one batch size, values as :func:`make_inputs` makes them."""
+    from app.runners.search import make_array
+
     rng = np.random.default_rng([seed, batch_size])
     feeds = {}
-    for spec in specs:
+    for i, spec in enumerate(specs):
         try:
-            dtype = _np_dtype(spec.dtype)
+            np_dtype(spec.dtype)
         except TypeError as e:
             raise ValueError(f"input {spec.name!r}: can't generate dtype {spec.dtype!r}; pass inputs_for") from e
-        arr = random_array(rng, dtype, tuple(input_shape(spec, batch_size)), spec.name)
+        arr = make_array(rng, spec, tuple(input_shape(spec, batch_size, index=i, plan=plan)), plan)
         feeds[spec.name] = np.asarray(arr, order="C")  # (ascontiguousarray makes 0-d 1-d)
     return feeds

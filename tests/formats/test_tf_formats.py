@@ -303,6 +303,146 @@ def test_keras_weights_only(tf_models: Path, name: str, layout: str, versioned: 
         ]
 
 
+@pytest.mark.parametrize(
+    "name, layout, versioned, params, tensors",
+    [
+        # Keras 3 subclassed model: top-level groups named after its layer attributes, no
+        # "layers" group (refused as "not a Keras model" before the layout was read generally).
+        ("keras3_subclassed.weights.h5", "keras3", False, "keras3_sub_params", "keras3_sub_tensors"),
+        # KerasFileEditor.save: no root "vars" group (the model's own variable under vars/vars).
+        ("keras3_subclassed_edited.weights.h5", "keras3", False, "keras3_sub_params", "keras3_sub_tensors"),
+        ("keras3_edited.weights.h5", "keras3", False, "keras_params", 8),
+        # Legacy layout of a subclassed model: its own variable in top_level_model_weights.
+        ("tf_keras_subclassed.h5", "legacy_h5", True, "tf_keras_sub_params", 5),
+    ],
+)
+def test_keras_weights_only_other_layouts(
+    tf_models: Path, facts: dict, name: str, layout: str, versioned: bool, params: str, tensors
+):
+    files = one(tf_models, name)
+    det = keras_fmt.detect(files)
+    assert det is not None and det.format == "keras" and det.extra["kind"] == "weights_only"
+    insp = keras_fmt.inspect(files, det)
+    assert insp.details["kind"] == "weights_only"
+    assert insp.details["layout"] == layout
+    assert insp.params == facts[params]  # model.count_params(): optimizer state not counted
+    assert insp.details["weight_tensors"] == (facts[tensors] if isinstance(tensors, str) else tensors)
+    assert insp.inputs is None and insp.outputs is None
+    assert any("weights only" in w for w in insp.warnings)
+    assert ("keras" in insp.versions) is versioned
+    # Not named like Keras: the layout alone claims it.
+    assert keras_fmt.detect(one(tf_models, name, hint="")) is not None
+
+
+def test_keras3_subclassed_weights_layout_is_the_reported_one(tf_models: Path, facts: dict):
+    """The fixture really has the layout of the bug: layer-named top-level groups, no "layers"."""
+    import h5py
+
+    with h5py.File(tf_models / "keras3_subclassed.weights.h5", "r") as f:
+        keys = set(f)
+        assert {"conv2d", "dense", "dense_1", "blocks", "optimizer", "vars"} <= keys
+        assert "layers" not in keys and not f.attrs.keys()
+        assert sorted(f["dense_1/vars"]) == ["0", "1"]
+    with h5py.File(tf_models / "keras3_subclassed_edited.weights.h5", "r") as f:
+        assert "layers" not in f and "vars/vars/0" in f
+    with h5py.File(tf_models / "keras3_edited.weights.h5", "r") as f:
+        assert set(f) == {"layers"}  # no root "vars"
+    assert facts["keras3_sub_params"] == 3 * 3 * 3 * 4 + 4 + (4 * 6 + 6) + 2 * (6 * 6 + 6) + (6 * 2 + 2) + 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["weights_only.h5", "keras3.weights.h5", "keras3_subclassed.weights.h5", "tf_keras_subclassed.h5"],
+)
+def test_keras_weights_only_in_stored_inspection(tf_models: Path, name: str):
+    """What the catalog stores as model.inspection says weights only at details.kind."""
+    from app.formats import detect_and_inspect
+
+    out = detect_and_inspect(one(tf_models, name))
+    assert out["format"] == "keras"
+    assert out["details"]["kind"] == "weights_only"
+    assert out["details"]["container"] == "hdf5"
+    assert out["inputs"] is None and out["signature_complete"] is False
+    json.dumps(out)  # stored as JSON
+
+
+@pytest.mark.parametrize("name", ["functional.keras", "functional.h5"])
+def test_keras_full_model_in_stored_inspection(tf_models: Path, name: str):
+    from app.formats import detect_and_inspect
+
+    assert detect_and_inspect(one(tf_models, name))["details"]["kind"] == "full_model"
+
+
+def _h5_tree(path: Path, datasets: dict[str, tuple], groups: tuple[str, ...] = ()) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for g in groups:
+            f.create_group(g)
+        for name, shape in datasets.items():
+            f.create_dataset(name, shape=shape, dtype="f4")
+    return path
+
+
+# tf.keras 2.12/2.13 .weights.h5 (keras v2.13.1 keras/saving/saving_lib.py: ATTR_SKIPLIST lacks
+# "_layer_checkpoint_dependencies", which dir() lists before "layers", so the layers are saved
+# under it; Keras 3 H5IOStore.get loads it by its "Fix for 2.13 compatibility"). Not writable by
+# the installed toolchain (tf_keras 2.19 skips that attribute), so built here with h5py.
+KERAS213_WEIGHTS = {
+    "_layer_checkpoint_dependencies/dense/vars/0": (4, 3),
+    "_layer_checkpoint_dependencies/dense/vars/1": (3,),
+    "_layer_checkpoint_dependencies/dense_1/vars/0": (3, 2),
+    "_layer_checkpoint_dependencies/dense_1/vars/1": (2,),
+    "optimizer/vars/0": (),
+    "optimizer/vars/1": (4, 3),
+}
+# Keras 3 saving_lib.save_weights_only of a layer (or a model holding only its own variables):
+# nothing but the root "vars".
+KERAS3_ROOT_ONLY = {"vars/0": (4, 3), "vars/1": (3,)}
+
+
+@pytest.mark.parametrize(
+    "datasets, groups, params, tensors",
+    [
+        (KERAS213_WEIGHTS, ("vars",), 4 * 3 + 3 + 3 * 2 + 2, 4),
+        (KERAS3_ROOT_ONLY, (), 4 * 3 + 3, 2),
+        # Layer-named top-level groups, optimizer, no "layers" and no root "vars".
+        ({"dense/vars/0": (4, 3), "dense/vars/1": (3,), "conv2d/vars/0": (3, 3, 1, 2),
+          "optimizer/vars/0": (100,)}, ("gap/vars",), 4 * 3 + 3 + 3 * 3 * 2, 3),
+    ],
+)  # fmt: skip
+def test_keras3_weights_layouts_synthetic(tmp_path: Path, datasets, groups, params: int, tensors: int):
+    _h5_tree(tmp_path / "w.weights.h5", datasets, groups)
+    files = one(tmp_path, "w.weights.h5")
+    det = keras_fmt.detect(files)
+    assert det is not None and det.extra["kind"] == "weights_only"
+    insp = keras_fmt.inspect(files, det)
+    assert (insp.details["kind"], insp.details["layout"]) == ("weights_only", "keras3")
+    assert (insp.params, insp.details["weight_tensors"]) == (params, tensors)
+
+
+@pytest.mark.parametrize(
+    "datasets, groups",
+    [
+        ({"dense/0": (4, 3), "dense/1": (3,)}, ()),  # groups of datasets, no "vars" groups
+        ({"dense/vars/0": (4, 3), "table": (10,)}, ()),  # a dataset outside any "vars" group
+        ({"layers/dense/kernel": (4, 3)}, ("vars",)),  # "vars" present, datasets elsewhere
+        ({}, ("layers", "group")),  # groups only
+    ],
+)
+def test_hdf5_not_keras3_weights_is_refused(tmp_path: Path, datasets, groups):
+    _h5_tree(tmp_path / "x.h5", datasets, groups)
+    files = one(tmp_path, "x.h5")
+    det = keras_fmt.detect(files)
+    assert det is not None and det.extra["kind"] is None  # claimed for its name only
+    with pytest.raises(MalformedModel) as ei:
+        keras_fmt.inspect(files, det)
+    assert ei.value.status_code == 422 and ei.value.format == "keras"
+    assert "is an HDF5 file but not a Keras model" in ei.value.message
+    assert "vars" in ei.value.message  # says which layout was looked for
+    assert keras_fmt.detect(one(tmp_path, "x.h5", hint="")) is None
+
+
 @pytest.mark.parametrize("name", ["lambda.h5", "lambda.keras"])
 def test_keras_lambda_bytecode_flagged_not_loaded(tf_models: Path, name: str, monkeypatch):
     import marshal

@@ -14,7 +14,16 @@ Writes into OUT_DIR:
   ``meta`` float32[None, 5]; outputs ``logits`` [None, 10] and ``aux`` [None, 1]).
 - ``functional.h5`` — the same architecture as a full legacy HDF5 model (tf_keras).
 - ``weights_only.h5`` — only the weights of that model (tf_keras ``save_weights``, legacy layout).
-- ``keras3.weights.h5`` — only the weights of the Keras 3 model (Keras 3 layout).
+- ``keras3.weights.h5`` — only the weights of the Keras 3 model (Keras 3 layout:
+  ``layers/<layer>/vars/<i>`` and a root ``vars``).
+- ``keras3_subclassed.weights.h5`` — weights of a compiled, fitted Keras 3 subclassed model: its
+  top-level groups are named after its layer attributes (``conv2d/vars/0``, ``dense/vars/0``,
+  ``dense_1/vars/0``, ``blocks/dense/vars/0`` for a list), the model's own variable in the root
+  ``vars``, an ``optimizer`` group, no ``layers`` group.
+- ``keras3_subclassed_edited.weights.h5`` / ``keras3_edited.weights.h5`` — those two files
+  re-saved by ``keras.saving.KerasFileEditor`` (only groups holding variables: no root ``vars``).
+- ``tf_keras_subclassed.h5`` — tf_keras ``save_weights`` (legacy layout) of a subclassed model
+  with a variable of its own (in ``top_level_model_weights``).
 - ``lambda.h5`` / ``lambda.keras`` — models with a Lambda layer (marshalled Python bytecode in
   the config), tf_keras HDF5 and Keras 3.
 - ``sequential.h5`` — a tf_keras Sequential (int32 ``tokens`` -> Embedding -> LSTM -> Dense).
@@ -106,6 +115,53 @@ def main(out: Path) -> None:
     facts["tf_keras_version"] = tf_keras.__version__
     facts["h5_params"] = int(k2.count_params())
     facts["h5_layers"] = len(k2.layers)
+
+    # --- Keras 3 weights of a subclassed model: top-level groups named after its layers ------
+    # Keras walks attributes in sorted order and saves each layer once, at the first path it
+    # meets: attributes sorting before "layers" take every layer, so no "layers" group is
+    # written (an attribute sorting after it, e.g. "pool", would land in layers/<class>/vars).
+    class Sub(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="sub")
+            self.conv2d = keras.layers.Conv2D(4, 3, name="conv2d")
+            self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
+            self.dense = keras.layers.Dense(6, name="dense")
+            self.blocks = [keras.layers.Dense(6, name="b0"), keras.layers.Dense(6, name="b1")]
+            self.dense_1 = keras.layers.Dense(2, name="dense_1")
+            self.scale = self.add_weight(shape=(2,), initializer="ones", name="scale")
+
+        def call(self, x):
+            h = self.dense(self.gap(self.conv2d(x)))
+            for b in self.blocks:
+                h = b(h)
+            return self.dense_1(h) * self.scale
+
+    sub = Sub()
+    sub.compile("adam", "mse")
+    sub.fit(np.zeros((2, 8, 8, 3), "float32"), np.zeros((2, 2), "float32"), epochs=1, verbose=0)
+    sub.save_weights(out / "keras3_subclassed.weights.h5")
+    facts["keras3_sub_params"] = int(sub.count_params())
+    facts["keras3_sub_tensors"] = len(sub.weights)
+    # KerasFileEditor re-saves only the groups that hold variables (no empty root "vars").
+    keras.saving.KerasFileEditor(str(out / "keras3_subclassed.weights.h5")).save(
+        str(out / "keras3_subclassed_edited.weights.h5")
+    )
+    keras.saving.KerasFileEditor(str(out / "keras3.weights.h5")).save(str(out / "keras3_edited.weights.h5"))
+
+    class SubK2(tf_keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="sub2")
+            self.d1 = tf_keras.layers.Dense(3)
+            self.d2 = tf_keras.layers.Dense(1)
+            self.extra = self.add_weight(shape=(2,), name="extra")
+
+        def call(self, x):
+            return self.d2(self.d1(x)) + tf_keras.backend.sum(self.extra)
+
+    sub2 = SubK2()
+    sub2(np.zeros((1, 5), "float32"))
+    sub2.save_weights(out / "tf_keras_subclassed.h5")  # legacy: layer_names + top_level_model_weights
+    facts["tf_keras_sub_params"] = int(sub2.count_params())
 
     inp = tf_keras.Input(shape=(4,), name="v")
     lam = tf_keras.layers.Lambda(lambda t: t * 2.0 + 1.0, name="affine")(inp)

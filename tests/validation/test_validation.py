@@ -246,16 +246,15 @@ def test_integer_bool_and_float_inputs_are_valid():
     assert not np.array_equal(make_inputs(specs, seed=4)[0][1]["ids"], sets[0][1]["ids"])
 
 
-def test_dynamic_dims_first_varies_others_fixed_and_named_consistently():
+def test_dynamic_dim0_varies_others_fixed_and_named_consistently():
     specs = [IOSpec("a", "float32", [None, "seq", 2]), IOSpec("b", "float32", ["seq"]),
              IOSpec("c", "float32", [5, None, "k"])]
     sets = make_inputs(specs, dim_values=(1, 3, 3))
     assert len(sets) == 2  # duplicates dropped
     for _, f in sets:
-        # "seq" is b's first dynamic dim, so it varies - in a as well; c's first dynamic (unnamed) varies too
-        assert f["a"].shape[1] == f["b"].shape[0]
-        assert f["a"].shape[0] == f["b"].shape[0] == f["c"].shape[1]
-        assert f["c"].shape[0] == 5 and f["c"].shape[2] == 16  # "k": not first dynamic -> moderate size
+        # "seq" is b's dim 0, so it varies as the batch - in a as well; only a dynamic dim 0 is a batch
+        assert f["a"].shape[1] == f["b"].shape[0] == f["a"].shape[0]
+        assert f["c"].shape == (5, 16, 16)  # c's batch is fixed: its other dynamic dims get a moderate size
     assert [f["b"].shape[0] for _, f in sets] == [1, 3]
     static = make_inputs([IOSpec("x", "float32", [2, 3])])
     assert [s[0] for s in static] == ["static"] and static[0][1]["x"].shape == (2, 3)

@@ -4,7 +4,9 @@ and its own onnx, so it can't share the main interpreter; see scripts/setup-tf-t
 onnx2tf rewrites NCHW graphs as NHWC, which TFLite's kernels prefer. Inputs of rank 3-5 keep the
 source's layout here (``keep_ncw_or_nchw_or_ncdhw_input_names``: one Transpose at the start), so
 the artifact takes the same tensors as its source and validation compares like with like. Dynamic
-batch dims stay dynamic (-1 in the TFLite shape signature). Precision: fp32, fp16 (float16
+batch dims stay dynamic (-1 in the TFLite shape signature); onnx2tf needs every other dim static,
+so dynamic ones are fixed first to sizes the source runs on (app.runners.search, on ONNX Runtime;
+the job's input_specs win), with a warning naming them, and validation runs at those sizes. Precision: fp32, fp16 (float16
 weights, dequantized at load), int8 (dynamic-range: int8 weights, float activations).
 
 Only TFLite builtin operators are accepted: ``Erf`` (GELU) would otherwise become the select-TF op
@@ -91,6 +93,72 @@ def _runs_batched(path: Path) -> bool:
     return True
 
 
+def _dynamic(d) -> bool:
+    return not d.HasField("dim_value") or d.dim_value < 0
+
+
+def _graph_inputs(model) -> list:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits and i.type.HasField("tensor_type")]
+
+
+def _has_dynamic_batch(model) -> bool:
+    return any(i.type.tensor_type.shape.dim and _dynamic(i.type.tensor_type.shape.dim[0]) for i in _graph_inputs(model))
+
+
+def _fix_dynamic_dims(src: Source, model) -> tuple[Source, list[str], list[str]] | None:
+    """A copy of the source with every dynamic dim but the batch fixed to a size the source runs on
+    (found by app.runners.search on ONNX Runtime), next to it so external data still resolves; None
+    when nothing but the batch is dynamic."""
+    import dataclasses
+
+    import onnx
+
+    from app.runners import search
+    from app.runners.inputs import input_shape
+    from app.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    dyn = [(i, inp) for i, inp in enumerate(_graph_inputs(model))
+           if any(_dynamic(d) for d in list(inp.type.tensor_type.shape.dim)[1:])]
+    if not dyn:
+        return None
+    try:
+        runner = OnnxRuntimeRunner(src.primary_path, "fp32", None)
+    except Exception as e:
+        raise fail(e, doing="loading the source with ONNX Runtime to find static sizes for onnx2tf",
+                   tool="onnxruntime") from None
+    try:
+        specs = runner.inputs()
+        plan = search.find(runner, specs, search.evidence("onnx", src.root, src.primary), budget_s=120)
+    finally:
+        runner.close()
+    if not plan.found:
+        raise ConversionError(
+            "onnx2tf needs static shapes and the source ran on none of the sizes tried for its dynamic dims: "
+            + plan.failure(), tool="onnx2tf", tool_version=versions("onnx2tf").get("onnx2tf"),
+            hint="give input_specs with fixed sizes, or re-export the model with static shapes")
+    index = {s.name: k for k, s in enumerate(specs)}
+    fixed = []
+    for _, inp in dyn:
+        k = index.get(inp.name)
+        for j, d in enumerate(inp.type.tensor_type.shape.dim):
+            if j == 0 or not _dynamic(d) or k is None:
+                continue
+            given = ((src.input_specs or {}).get(inp.name) or {}).get("shape") or []
+            if j < len(given) and isinstance(given[j], int) and given[j] > 0 and str(j) not in \
+                    ((src.input_specs or {}).get(inp.name) or {}).get("dynamic", {}):
+                size = int(given[j])  # the user's input_specs win
+            else:
+                size = int(input_shape(specs[k], 1, index=k, plan=plan)[j])
+            d.ClearField("dim_param")
+            d.dim_value = size
+            fixed.append(f"{inp.name}[{j}]={size}")
+    path = src.primary_path.with_name(f".static-{src.primary_path.name}")
+    onnx.save(model, str(path))
+    rel = str(path.relative_to(src.root))
+    return dataclasses.replace(src, primary=rel, paths=[*src.paths, rel]), fixed, plan.why
+
+
 def _convert(src: Source, out_dir: Path, precision: str, keep: list[str], batch_size: int | None) -> Path:
     """Run onnx2tf into a fresh folder next to ``out_dir``; the .tflite file it made for ``precision``."""
     import onnx2tf
@@ -138,20 +206,37 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
         raise fail(e, doing="reading the ONNX model", tool="onnx") from None
     keep = _layout_inputs(model)
     warns: list[str] = []
-    made = _convert(src, out_dir, precision, keep, batch_size=None)
+    static = _fix_dynamic_dims(src, model)
+    conv_src = src
+    if static is not None:
+        conv_src, fixed, why = static
+        warns.append("onnx2tf needs static shapes: dynamic dims fixed to sizes the source runs on ("
+                     + ", ".join(fixed) + (f"; {'; '.join(why)}" if why else "") + "); the TFLite model runs at "
+                     "these sizes only (the batch stays dynamic)")
+    try:
+        made = _convert(conv_src, out_dir, precision, keep, batch_size=None)
+    except ConversionError:
+        if not _has_dynamic_batch(model):
+            raise
+        warns.append("onnx2tf could not convert the graph with a dynamic batch, so the batch is pinned to 1")
+        made = _convert(conv_src, out_dir, precision, keep, batch_size=1)
     try:
         _check_builtin_only(made)  # first: a model LiteRT can't load must not look like a batch problem
         if not _runs_batched(made):
             warns.append("the converted model cannot run another batch size than 1 (a Reshape in the graph fixes "
                          "it), so its batch dimension is pinned to 1")
             shutil.rmtree(made.parent, ignore_errors=True)
-            made = _convert(src, out_dir, precision, keep, batch_size=1)
+            made = _convert(conv_src, out_dir, precision, keep, batch_size=1)
             _check_builtin_only(made)
         shutil.move(str(made), out_dir / "model.tflite")
     finally:
         shutil.rmtree(made.parent, ignore_errors=True)
+        if conv_src is not src:
+            conv_src.primary_path.unlink(missing_ok=True)
     inits = {t.name for t in model.graph.initializer}
-    details = {"precision": precision, "kept_input_layout": keep, "batch_pinned_to_1": bool(warns),
+    details = {"precision": precision, "kept_input_layout": keep,
+               "batch_pinned_to_1": any("pinned to 1" in w for w in warns),
+               "fixed_dims": static[1] if static is not None else [],
                "onnx_inputs": [i.name for i in model.graph.input if i.name not in inits],
                "onnx_outputs": [o.name for o in model.graph.output]}
     if precision == "int8":

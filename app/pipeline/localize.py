@@ -1,0 +1,496 @@
+"""Where did a failed conversion go wrong? The first diverging tensor of the artifact.
+
+``first_divergence(reference, candidate, feeds, profile=...)`` runs the source model and the artifact
+on the failing input set with their intermediate tensors exposed, walks the reference graph in
+topological order and reports the first tensor that is outside the tolerance of ``profile``, with
+the op that produced it, its error, and the last matching tensor upstream of it::
+
+    {"status": "found" | "not_found" | "unsupported", "reason": str, "compared": int,
+     "first": {"tensor", "op_type", "node", "max_abs_err", "min_atol_to_pass", "reference_range",
+               "candidate_range", "cosine_similarity", "why"} | None,
+     "last_matching": {"tensor", "op_type", "node"} | None, "notes": [str], "seconds": float}
+
+Supported pairs
+===============
+
+* ONNX reference, ONNX candidate (fp16, int8 QDQ / dynamic quantisation, offline-optimised graphs):
+  a temporary copy of each graph lists every chosen node output as a graph output and runs on
+  ONNX Runtime's CPU provider with graph optimisations *disabled*, so the intermediate names exist.
+  Models with external data are loaded without it and run from memory with
+  ``session.model_external_initializers_file_folder_path`` pointing at the original directory:
+  nothing is copied or written next to the model.
+* ONNX reference, OpenVINO IR candidate: the IR keeps the ONNX tensor names on its ops' outputs
+  (``output.get_names()``); outputs whose names are reference tensor names are added as model
+  outputs (``model.add_outputs``) and the model is compiled on CPU with ``INFERENCE_PRECISION_HINT``
+  f32 (also for fp16-compressed IRs: their weights are decompressed).
+
+Anything else is ``"unsupported"`` with the reason.
+
+Names and fusion
+================
+
+Only tensors present *by the same name* in both graphs are compared: those are the boundaries that
+survived the conversion (a fused or renamed tensor, the Cast/QuantizeLinear tensors a converter
+adds, exist in one graph only and are skipped). Reference tensors that are not floating point
+(shapes, indices, masks) are skipped too. At most ``max_tensors`` tensors are exposed per run; a
+bigger graph is sampled evenly and the gap between the last matching and the first diverging sample
+is searched again with a further run (while ``budget_s`` allows), so the answer is exact whenever
+the budget suffices.
+
+Criterion
+=========
+
+Per tensor, the profile's numbers (:func:`app.pipeline.validation.resolve_tolerance`, per-output
+overrides keyed by tensor name apply): elementwise ``|c - r| <= max(atol, atol_scale*max|r|) +
+rtol*|r|``; for profiles with ``min_cosine`` (int8) cosine similarity ``>= min_cosine`` instead (a
+tensor that also passes elementwise passes). A non-finite candidate value where the reference is
+finite (fp16 overflow to inf) diverges, as does a shape change. The first diverging tensor in
+topological order has all its compared ancestors matching by construction; ``last_matching`` is
+the latest matching compared tensor before it that is also its ancestor (producer edges of the
+reference graph).
+
+The instrumented runs are not the runs that failed validation: graph optimisations are off (ONNX)
+and exposing a tensor stops the runtime fusing across it, so a failure that only comes from an
+optimised kernel gives ``"not_found"``, which the reason says."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_FLOAT_ELEM_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_ONNX_NP = {1: "float32", 10: "float16", 11: "float64", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16",
+            6: "int32", 7: "int64", 9: "bool", 12: "uint32", 13: "uint64"}
+_EXT_DIR_KEY = "session.model_external_initializers_file_folder_path"
+
+
+class _Unsupported(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ reference graph
+
+
+class _Graph:
+    """An ONNX graph's top-level nodes in (topological) file order, its tensors' producers and types."""
+
+    def __init__(self, model):
+        g = model.graph
+        self.nodes = [(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input)) for i, n in enumerate(g.node)]
+        self.order: list[str] = []  # node outputs in topological order
+        self.producer: dict[str, int] = {}
+        for i, n in enumerate(g.node):
+            for o in n.output:
+                if o and o not in self.producer:
+                    self.producer[o] = i
+                    self.order.append(o)
+        self.inputs = [(i.name, i.type.tensor_type.elem_type) for i in g.input
+                       if i.name not in {t.name for t in g.initializer}]
+        self.outputs = [o.name for o in g.output]
+        self.elem_type: dict[str, int | None] = {}
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                self.elem_type[vi.name] = vi.type.tensor_type.elem_type
+            elif vi.type.WhichOneof("value") is not None:
+                self.elem_type[vi.name] = -1  # a sequence / map / optional: not a tensor
+
+    def maybe_float(self, name: str) -> bool:
+        t = self.elem_type.get(name)
+        return t is None or t in _FLOAT_ELEM_TYPES
+
+    def ancestors(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            i = self.producer.get(stack.pop())
+            if i is None:
+                continue
+            for t in self.nodes[i][2]:
+                if t and t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        return seen
+
+    def describe(self, name: str) -> dict[str, Any]:
+        op_type, node, _ = self.nodes[self.producer[name]]
+        return {"tensor": name, "op_type": op_type, "node": node}
+
+
+def _tensors(graph):
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def _inline_small_external(model, base_dir: Path) -> None:
+    """Read the external data of non-float and tiny tensors into the proto: ONNX Runtime, loading a
+    model from memory, reads external data only for the weights themselves and needs the values of
+    shape-like constants (axes, shapes) in the proto. Big float weights stay in their files."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    for t in _tensors(model.graph):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        length = int(info["length"]) if info.get("length", "").isdigit() else None
+        if t.data_type not in _FLOAT_ELEM_TYPES or (length is not None and length <= 1024):
+            load_external_data_for_tensor(t, str(base_dir))
+
+
+def _load_onnx(path: Path):
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:  # value types of intermediates (shapes are not needed): best effort
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inferred = model
+    return model, inferred
+
+
+# ------------------------------------------------------------------------------------- sides
+
+
+def _cast_feeds(feeds: dict[str, np.ndarray], specs: list[tuple[str, str | None]],
+                ref_names: list[str]) -> dict[str, np.ndarray]:
+    """The reference's feeds by name (by position when the names differ), cast to ``specs``' dtypes."""
+    names = [n for n, _ in specs]
+    if set(names) <= set(feeds):
+        picked = {n: feeds[n] for n in names}
+    elif len(names) == len(ref_names) and set(ref_names) <= set(feeds):
+        picked = {n: feeds[r] for n, r in zip(names, ref_names, strict=True)}
+    else:
+        raise _Unsupported(f"the feeds {sorted(feeds)} do not give the model's inputs {names}")
+    out = {}
+    for n, dtype in specs:
+        a = np.asarray(picked[n])
+        if dtype and dtype != "bfloat16" and a.dtype.name != dtype:
+            a = a.astype(dtype)
+        out[n] = np.ascontiguousarray(a)
+    return out
+
+
+class _OnnxSide:
+    """An ONNX model on ONNX Runtime (CPU, graph optimisations off) with chosen tensors exposed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.model, inferred = _load_onnx(path)
+        self.graph = _Graph(inferred)
+        self.names = set(self.graph.order)
+        self.input_specs = [(n, _ONNX_NP.get(t)) for n, t in self.graph.inputs]
+        _inline_small_external(self.model, path.parent)
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], ref_inputs: list[str]) -> dict[str, np.ndarray]:
+        import onnx
+        import onnxruntime as ort
+
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        have = {o.name for o in m.graph.output}
+        for n in names:
+            if n not in have:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+                have.add(n)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        # from memory: external data is read from the model's own directory, nothing is copied
+        so.add_session_config_entry(_EXT_DIR_KEY, str(self.path.parent.resolve()))
+        sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+        want = list(names)
+        res = sess.run(want, _cast_feeds(feeds, self.input_specs, ref_inputs))
+        return dict(zip(want, res, strict=True))
+
+
+def _ov_bin(root: Path, paths: list[str], primary: str) -> Path | None:
+    stem = primary[:-4] if primary.lower().endswith(".xml") else primary
+    bins = [p for p in paths if p.lower().endswith(".bin")]
+    same = [p for p in bins if p[:-4] == stem]
+    pick = same or (bins if len(bins) == 1 else [])
+    return root / pick[0] if pick else None
+
+
+class _OpenVinoSide:
+    """An OpenVINO IR on the CPU plugin in f32 with the ops carrying chosen tensor names as outputs."""
+
+    def __init__(self, root: Path, paths: list[str], primary: str):
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.xml = root / primary
+        self.bin = _ov_bin(root, paths, primary)
+        model = self._read()
+        self.names: set[str] = set()
+        for op in model.get_ops():
+            if op.get_type_name() in ("Parameter", "Result"):
+                continue
+            for out in op.outputs():
+                self.names.update(out.get_names())
+        self.input_specs = []
+        for i, p in enumerate(model.inputs):
+            names = sorted(p.get_names())
+            name = p.get_any_name() if names else f"input_{i}"
+            t = p.get_element_type()
+            try:
+                dtype = np.dtype(t.to_dtype()).name
+            except Exception:
+                dtype = None
+            self.input_specs.append((name, dtype))
+
+    def _read(self):
+        return self.core.read_model(str(self.xml), str(self.bin)) if self.bin else self.core.read_model(str(self.xml))
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], ref_inputs: list[str]) -> dict[str, np.ndarray]:
+        model = self._read()
+        wanted = set(names)
+        ports: dict[str, Any] = {}
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Parameter", "Result"):
+                continue
+            for out in op.outputs():
+                for n in out.get_names() & wanted:
+                    ports.setdefault(n, out)
+        unique = list({(p.get_node().get_friendly_name(), p.get_index()): p for p in ports.values()}.values())
+        if unique:
+            model.add_outputs(unique)
+        compiled = self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        args = _cast_feeds(feeds, self.input_specs, ref_inputs)
+        res = request.infer([args[n] for n, _ in self.input_specs], share_inputs=False, share_outputs=False)
+        by_name: dict[str, np.ndarray] = {}
+        for port in compiled.outputs:
+            value = None
+            for n in port.get_names():
+                if n in wanted and n not in by_name:
+                    value = np.array(res[port]) if value is None else value
+                    by_name[n] = value
+        return by_name
+
+
+# --------------------------------------------------------------------------------- criterion
+
+
+def _num(x: float) -> float | str:
+    """A JSON-safe number: non-finite values as the strings "inf" / "-inf" / "nan"."""
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
+def _range(a: np.ndarray) -> list[float | str] | None:
+    if a.size == 0:
+        return None
+    if np.isnan(a).all():
+        return ["nan", "nan"]
+    return [_num(np.nanmin(a)), _num(np.nanmax(a))]
+
+
+def _judge(ref: np.ndarray, cand: np.ndarray, crit: dict[str, Any]) -> dict[str, Any]:
+    """Does ``cand`` match ``ref`` under ``crit``? ``passed``, ``why`` and the error numbers."""
+    a = ref.astype(np.float64)
+    r: dict[str, Any] = {"max_abs_err": None, "min_atol_to_pass": None, "cosine_similarity": None,
+                         "reference_range": _range(a), "candidate_range": None,
+                         "shape": list(ref.shape)}
+    if ref.shape != cand.shape:
+        return {**r, "passed": False,
+                "why": f"shape changed: reference {list(ref.shape)} vs candidate {list(cand.shape)}"}
+    b = cand.astype(np.float64)
+    r["candidate_range"] = _range(b)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    both = fa & fb
+    d = np.abs(a[both] - b[both])
+    aref = np.abs(a[both])
+    if d.size:
+        r["max_abs_err"] = float(d.max())
+        r["min_atol_to_pass"] = float(max(0.0, float(np.max(d - crit["rtol"] * aref))))
+    bad = fa & ~fb
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        return {**r, "passed": False, "min_atol_to_pass": None,
+                "why": f"candidate is non-finite in {int(bad.sum())} of {a.size} elements where the reference is "
+                       f"finite (first at flat index {i}: reference {float(a.flat[i]):.6g} vs candidate "
+                       f"{float(b.flat[i])})"}
+    odd = ~fa & ~((np.isnan(a) & np.isnan(b)) | (a == b))
+    if odd.any():
+        return {**r, "passed": False, "min_atol_to_pass": None,
+                "why": f"the reference's NaN/Inf are not matched in {int(odd.sum())} element(s)"}
+    if not d.size:
+        return {**r, "passed": True, "why": "no finite elements to compare"}
+    atol_eff = max(crit["atol"], crit["atol_scale"] * float(aref.max()))
+    viol = d > atol_eff + crit["rtol"] * aref
+    elementwise_ok = not viol.any()
+    na, nb = float(np.linalg.norm(a[both])), float(np.linalg.norm(b[both]))
+    cos = 1.0 if na == nb == 0.0 else (0.0 if na == 0.0 or nb == 0.0 else float(np.dot(a[both], b[both])) / (na * nb))
+    r["cosine_similarity"] = cos if math.isfinite(cos) else None
+    if crit.get("min_cosine") is not None:
+        ok = elementwise_ok or (r["cosine_similarity"] is not None and cos >= crit["min_cosine"])
+        why = (f"cosine similarity {cos:.6f} {'>=' if ok else '<'} {crit['min_cosine']}"
+               f" (max_abs_err {r['max_abs_err']:.3g})")
+        return {**r, "passed": ok, "why": why}
+    why = (f"{int(viol.sum())} of {d.size} elements outside atol {atol_eff:.3g} + rtol {crit['rtol']:.3g}*|ref| "
+           f"(max_abs_err {r['max_abs_err']:.3g}, min_atol_to_pass {r['min_atol_to_pass']:.3g})"
+           if not elementwise_ok else f"max_abs_err {r['max_abs_err']:.3g} within atol {atol_eff:.3g} + "
+                                      f"rtol {crit['rtol']:.3g}*|ref|")
+    return {**r, "passed": elementwise_ok, "why": why}
+
+
+# ------------------------------------------------------------------------------------- search
+
+
+def _sample(items: list[str], k: int) -> list[str]:
+    """At most ``k`` of ``items``, evenly spread, keeping order; the last is always kept."""
+    if len(items) <= k:
+        return list(items)
+    if k <= 1:
+        return items[-1:]
+    idx = sorted({int(round(x)) for x in np.linspace(0, len(items) - 1, k)})
+    return [items[i] for i in idx]
+
+
+def _side(spec: dict, role: str):
+    fmt = str(spec.get("format", "")).lower()
+    root = Path(spec["root"])
+    primary = spec["primary"]
+    paths = list(spec.get("paths") or [primary])
+    if fmt == "onnx":
+        return _OnnxSide(root / primary)
+    if fmt == "openvino" and role == "candidate":
+        return _OpenVinoSide(root, paths, primary)
+    raise _Unsupported(fmt)
+
+
+def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarray], *, profile: str,
+                     overrides: dict | None = None, max_tensors: int = 2000, budget_s: float = 60.0) -> dict:
+    """The first tensor, in the reference graph's topological order, where ``candidate`` leaves the
+    tolerance of ``profile`` on ``feeds`` (see the module doc). ``reference`` / ``candidate``:
+    ``{"format", "root", "paths", "primary"}``. Bad ``profile`` / ``overrides``: ``ValueError``;
+    anything else that goes wrong is reported, not raised."""
+    from app.pipeline.validation import resolve_tolerance
+
+    t0 = time.perf_counter()
+    tol = resolve_tolerance(profile, overrides)
+    notes: list[str] = []
+    state: dict[str, Any] = {"compared": 0}
+
+    def done(status: str, reason: str, first=None, last=None) -> dict:
+        return {"status": status, "reason": reason, "compared": state["compared"], "first": first,
+                "last_matching": last, "notes": notes, "seconds": round(time.perf_counter() - t0, 4)}
+
+    rf, cf = str(reference.get("format", "")).lower(), str(candidate.get("format", "")).lower()
+    if rf != "onnx" or cf not in ("onnx", "openvino"):
+        return done("unsupported", f"localizing a divergence needs an ONNX reference and an ONNX or OpenVINO "
+                                   f"candidate; got {rf or '?'} -> {cf or '?'}")
+    try:
+        ref = _side(reference, "reference")
+        cand = _side(candidate, "candidate")
+    except ImportError as e:
+        return done("unsupported", f"a runtime needed to localize {rf} -> {cf} is not installed here ({e})")
+    except _Unsupported as e:
+        return done("unsupported", f"unsupported format {e}")
+    except Exception as e:
+        return done("unsupported", f"cannot read the models: {type(e).__name__}: {e}")
+    graph: _Graph = ref.graph
+    ref_inputs = [n for n, _ in graph.inputs]
+
+    common = [t for t in graph.order if t in cand.names]
+    comparable = [t for t in common if graph.maybe_float(t)]
+    if not comparable:
+        return done("not_found", f"no floating-point tensor of the reference ({len(graph.order)} node outputs) "
+                                 f"exists by name in the candidate: nothing to compare")
+    notes.append(f"{len(comparable)} of {len(graph.order)} reference node outputs are float tensors present by "
+                 f"name in the candidate ({len(graph.order) - len(common)} absent: fused, renamed or removed)")
+    position = {t: i for i, t in enumerate(comparable)}
+    verdicts: dict[str, dict[str, Any]] = {}  # tensor -> judgement ({"passed": None}: not comparable after all)
+    max_tensors = max(1, int(max_tensors))
+    last_pass_s, passes, skipped = 0.0, 0, 0
+
+    while True:
+        diverged = [position[t] for t, v in verdicts.items() if v.get("passed") is False]
+        hi = min(diverged) if diverged else len(comparable)
+        window = [t for t in comparable[:hi] if t not in verdicts]
+        if not window:
+            break
+        if passes and time.perf_counter() - t0 + last_pass_s > budget_s:
+            where = "before the first diverging tensor" if diverged else "in the graph"
+            notes.append(f"time budget {budget_s:g}s spent after {passes} run(s): {len(window)} tensor(s) "
+                         f"{where} were not compared")
+            break
+        if len(window) <= max_tensors:
+            chosen = window
+        else:  # the gap right before the divergence first, then the earlier gaps, each sampled evenly
+            lo = max((position[t] for t, v in verdicts.items() if v.get("passed") and position[t] < hi), default=-1)
+            near = [t for t in window if position[t] > lo]
+            chosen = _sample(near, max_tensors)
+            if len(chosen) < max_tensors:
+                chosen += _sample([t for t in window if position[t] <= lo], max_tensors - len(chosen))
+            chosen.sort(key=position.__getitem__)
+        ts = time.perf_counter()
+        outs = []
+        for who, side in (("reference", ref), ("candidate", cand)):
+            try:
+                outs.append(side.run(chosen, feeds, ref_inputs))
+            except _Unsupported as e:
+                return done("unsupported", f"{who}: {e}")
+            except Exception as e:
+                return done("unsupported", f"the instrumented {who} failed to run: {type(e).__name__}: {e}")
+        ref_out, cand_out = outs
+        passes += 1
+        for t in chosen:
+            r, c = ref_out.get(t), cand_out.get(t)
+            if r is None or c is None:
+                skipped += 1
+                verdicts[t] = {"passed": None}
+                continue
+            r, c = np.asarray(r), np.asarray(c)
+            if r.dtype.kind != "f" or c.dtype.kind != "f":
+                verdicts[t] = {"passed": None}  # not float on one side (or a dtype numpy cannot hold)
+                continue
+            v = _judge(r, c, tol.for_output(t))
+            state["compared"] += 1
+            verdicts[t] = v
+            if not v["passed"]:
+                break  # what follows it in topological order cannot be the first
+        del ref_out, cand_out, outs
+        last_pass_s = time.perf_counter() - ts
+    if passes > 1:
+        notes.append(f"{passes} instrumented runs (at most {max_tensors} tensors exposed per run)")
+    if skipped:
+        notes.append(f"{skipped} tensor(s) came back from only one side and were skipped")
+
+    order = {t: i for i, t in enumerate(graph.order)}
+    diverged = [t for t, v in verdicts.items() if v.get("passed") is False]
+    if not diverged:
+        outs = [o for o in graph.outputs if o in verdicts and verdicts[o].get("passed")]
+        tail = (f"; the graph output(s) {outs} match in this run too: the failure may come from optimized kernels "
+                f"or fusions (graph optimizations are off here) or from another input set"
+                if outs else "")
+        return done("not_found", f"all {state['compared']} compared tensor(s) are within profile "
+                                 f"{tol.profile}{tail}")
+    first_t = min(diverged, key=lambda t: order[t])
+    v = verdicts[first_t]
+    first = {**graph.describe(first_t), "max_abs_err": v["max_abs_err"], "min_atol_to_pass": v["min_atol_to_pass"],
+             "reference_range": v["reference_range"], "candidate_range": v["candidate_range"],
+             "cosine_similarity": v["cosine_similarity"], "shape": v["shape"], "why": v["why"]}
+    anc = graph.ancestors(first_t)
+    matched_up = [t for t, w in verdicts.items() if w.get("passed") and t in anc and order[t] < order[first_t]]
+    last = graph.describe(max(matched_up, key=lambda t: order[t])) if matched_up else None
+    reason = (f"first diverging tensor {first_t!r} (output of {first['op_type']} node {first['node']!r}): "
+              f"{v['why']}; " + (f"last matching upstream: {last['tensor']!r} ({last['op_type']})" if last else
+                                 "no compared tensor upstream of it matched"))
+    return done("found", reason, first, last)
+
+
+__all__ = ["first_divergence"]
