@@ -114,3 +114,23 @@ def runs_nowhere(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7])],
         [numpy_helper.from_array(np.array([7], np.int64), "shape")])
     return _save(graph, path)
+
+
+def fp16_overflow(path: Path) -> Path:
+    """``x @ W``, then x1000 twice ("amplify", "amplify_more": past float16's 65504), then divided back
+    by 1e6: fine in float32; in float16 "amplify_more" is the first tensor to turn into inf."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 4)) * 0.5).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array(1e3, np.float32), "k"),
+             numpy_helper.from_array(np.array(1e6, np.float32), "back")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="project"),
+         helper.make_node("Mul", ["h", "k"], ["h1"], name="amplify"),
+         helper.make_node("Mul", ["h1", "k"], ["h2"], name="amplify_more"),
+         helper.make_node("Div", ["h2", "back"], ["y"], name="scale_back")],
+        "overflow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+    return _save(graph, path)

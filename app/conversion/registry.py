@@ -46,6 +46,9 @@ class OnnxToOnnxOptions(EdgeOptions):
                                  "int8: dynamic INT8 quantisation (onnxruntime)")
     keep_io_types: bool = Field(default=True, description="fp16: keep float32 inputs/outputs")
     per_channel: bool = Field(default=False, description="int8: per-channel weight quantisation")
+    keep_fp32: list[str] = Field(default_factory=list, max_length=10_000,
+                                 description="fp16: node names kept in float32 (mixed precision), e.g. the ops "
+                                             "a failed fp16 validation named as the first to diverge")
 
 
 EDGES: tuple[Edge, ...] = (

@@ -84,6 +84,16 @@ def check_input_specs(plan: planner.Plan, inspection: dict[str, Any],
     return specs
 
 
+def check_source(fmt: str, inspection: dict[str, Any], target: str) -> None:
+    """Refuse, when it is requested, a conversion this upload cannot make whatever the route says."""
+    details = (inspection or {}).get("details") or {}
+    if fmt == "keras" and details.get("kind") == "weights_only":
+        raise Unprocessable(
+            f"this Keras file holds weights only (no model config, so no graph): there is no model to convert to "
+            f"{target}; upload the whole model (a .keras file, or an .h5 saved with model.save)",
+            code="weights_only_source", detail={"format": fmt, "kind": "weights_only"})
+
+
 def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, Any] | None,
                    tolerance: dict[str, Any] | None) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(kind, name, queue, options) for every step: each conversion, then the validation and the
@@ -164,6 +174,7 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
         model = repo.get_model(s, model_id)
         live = live_queues(s, settings)
         plan = planner.plan(model.format, target, options or {}, live)
+        check_source(model.format, model.inspection, target)
         specs = check_input_specs(plan, model.inspection, input_specs)
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance)
         key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()

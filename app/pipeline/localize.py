@@ -83,11 +83,17 @@ class _Graph:
         self.nodes = [(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input)) for i, n in enumerate(g.node)]
         self.order: list[str] = []  # node outputs in topological order
         self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        self.node_outputs: list[list[str]] = []
         for i, n in enumerate(g.node):
             for o in n.output:
                 if o and o not in self.producer:
                     self.producer[o] = i
                     self.order.append(o)
+            for t in set(n.input):
+                if t:
+                    self.consumers.setdefault(t, []).append(i)
+            self.node_outputs.append([o for o in n.output if o])
         self.inputs = [(i.name, i.type.tensor_type.elem_type) for i in g.input
                        if i.name not in {t.name for t in g.initializer}]
         self.outputs = [o.name for o in g.output]
@@ -114,6 +120,24 @@ class _Graph:
                     seen.add(t)
                     stack.append(t)
         return seen
+
+    def frontier(self, name: str, comparable: set[str]) -> set[str]:
+        """The nearest comparable tensors downstream of ``name`` (through consumers, stopping at each
+        comparable tensor reached)."""
+        out: set[str] = set()
+        seen = {name}
+        stack = [name]
+        while stack:
+            for i in self.consumers.get(stack.pop(), ()):
+                for o in self.node_outputs[i]:
+                    if o in seen:
+                        continue
+                    seen.add(o)
+                    if o in comparable:
+                        out.add(o)
+                    else:
+                        stack.append(o)
+        return out
 
     def describe(self, name: str) -> dict[str, Any]:
         op_type, node, _ = self.nodes[self.producer[name]]
@@ -303,7 +327,7 @@ def _judge(ref: np.ndarray, cand: np.ndarray, crit: dict[str, Any]) -> dict[str,
     a = ref.astype(np.float64)
     r: dict[str, Any] = {"max_abs_err": None, "min_atol_to_pass": None, "cosine_similarity": None,
                          "reference_range": _range(a), "candidate_range": None,
-                         "shape": list(ref.shape)}
+                         "shape": list(ref.shape), "outside": None}
     if ref.shape != cand.shape:
         return {**r, "passed": False,
                 "why": f"shape changed: reference {list(ref.shape)} vs candidate {list(cand.shape)}"}
@@ -319,7 +343,7 @@ def _judge(ref: np.ndarray, cand: np.ndarray, crit: dict[str, Any]) -> dict[str,
     bad = fa & ~fb
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        return {**r, "passed": False, "min_atol_to_pass": None,
+        return {**r, "passed": False, "min_atol_to_pass": None, "outside": int(bad.sum()),
                 "why": f"candidate is non-finite in {int(bad.sum())} of {a.size} elements where the reference is "
                        f"finite (first at flat index {i}: reference {float(a.flat[i]):.6g} vs candidate "
                        f"{float(b.flat[i])})"}
@@ -332,6 +356,7 @@ def _judge(ref: np.ndarray, cand: np.ndarray, crit: dict[str, Any]) -> dict[str,
     atol_eff = max(crit["atol"], crit["atol_scale"] * float(aref.max()))
     viol = d > atol_eff + crit["rtol"] * aref
     elementwise_ok = not viol.any()
+    r["outside"] = int(viol.sum())
     na, nb = float(np.linalg.norm(a[both])), float(np.linalg.norm(b[both]))
     cos = 1.0 if na == nb == 0.0 else (0.0 if na == 0.0 or nb == 0.0 else float(np.dot(a[both], b[both])) / (na * nb))
     r["cosine_similarity"] = cos if math.isfinite(cos) else None
@@ -385,9 +410,10 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
     notes: list[str] = []
     state: dict[str, Any] = {"compared": 0}
 
-    def done(status: str, reason: str, first=None, last=None) -> dict:
+    def done(status: str, reason: str, first=None, last=None, transient=()) -> dict:
         return {"status": status, "reason": reason, "compared": state["compared"], "first": first,
-                "last_matching": last, "notes": notes, "seconds": round(time.perf_counter() - t0, 4)}
+                "last_matching": last, "transient": list(transient)[:50], "notes": notes,
+                "seconds": round(time.perf_counter() - t0, 4)}
 
     rf, cf = str(reference.get("format", "")).lower(), str(candidate.get("format", "")).lower()
     if rf != "onnx" or cf not in ("onnx", "openvino"):
@@ -413,30 +439,82 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
     notes.append(f"{len(comparable)} of {len(graph.order)} reference node outputs are float tensors present by "
                  f"name in the candidate ({len(graph.order) - len(common)} absent: fused, renamed or removed)")
     position = {t: i for i, t in enumerate(comparable)}
+    comparable_set = set(comparable)
     verdicts: dict[str, dict[str, Any]] = {}  # tensor -> judgement ({"passed": None}: not comparable after all)
+    frontiers: dict[str, set[str]] = {}
     max_tensors = max(1, int(max_tensors))
     last_pass_s, passes, skipped = 0.0, 0, 0
 
+    def front(t: str) -> set[str]:
+        if t not in frontiers:
+            frontiers[t] = graph.frontier(t, comparable_set)
+        return frontiers[t]
+
+    def diverged() -> list[str]:
+        return [t for t, v in verdicts.items() if v.get("passed") is False]
+
+    def classify() -> dict[str, str]:
+        """Each diverged tensor: "confirmed" (the divergence reaches the next compared tensors
+        downstream, or nothing downstream can tell), "transient" (everything downstream matches
+        again: a name that moved in a fusion, or a harmless difference) or "pending" (downstream not
+        compared yet)."""
+        memo: dict[str, str] = {}
+
+        def state(t: str) -> str:
+            if t in memo:
+                return memo[t]
+            subs = set()
+            for u in front(t):
+                v = verdicts.get(u)
+                if v is None:
+                    subs.add("pending")
+                elif v.get("passed") is False:
+                    subs.add(state(u))
+                elif v.get("passed"):
+                    subs.add("match")
+            memo[t] = ("confirmed" if "confirmed" in subs or not subs else
+                       "pending" if "pending" in subs else "transient")
+            return memo[t]
+
+        return {t: state(t) for t in diverged()}
+
+    def unresolved(t: str, states: dict[str, str]) -> list[str]:
+        """The uncompared tensors that would settle a pending divergence at ``t``."""
+        out, stack, seen = [], [t], set()
+        while stack:
+            for u in front(stack.pop()):
+                if u in seen:
+                    continue
+                seen.add(u)
+                if u not in verdicts:
+                    out.append(u)
+                elif states.get(u) == "pending":
+                    stack.append(u)
+        return out
+
+    states: dict[str, str] = {}
     while True:
-        diverged = [position[t] for t, v in verdicts.items() if v.get("passed") is False]
-        hi = min(diverged) if diverged else len(comparable)
-        window = [t for t in comparable[:hi] if t not in verdicts]
-        if not window:
+        states = classify()
+        confirmed = [position[t] for t, st in states.items() if st == "confirmed"]
+        hi = min(confirmed) if confirmed else len(comparable)
+        settle = sorted({u for t, st in states.items() if st == "pending" and position[t] < hi
+                         for u in unresolved(t, states)}, key=position.__getitem__)
+        window = [t for t in comparable[:hi] if t not in verdicts and t not in settle]
+        if not settle and not window:
             break
         if passes and time.perf_counter() - t0 + last_pass_s > budget_s:
-            where = "before the first diverging tensor" if diverged else "in the graph"
-            notes.append(f"time budget {budget_s:g}s spent after {passes} run(s): {len(window)} tensor(s) "
-                         f"{where} were not compared")
+            notes.append(f"time budget {budget_s:g}s spent after {passes} run(s): {len(window) + len(settle)} "
+                         f"tensor(s) {'before the first divergence ' if confirmed else ''}were not compared")
             break
-        if len(window) <= max_tensors:
-            chosen = window
-        else:  # the gap right before the divergence first, then the earlier gaps, each sampled evenly
+        chosen = settle[:max_tensors]
+        room = max_tensors - len(chosen)
+        if len(window) <= room:
+            chosen += window
+        elif room:  # the gap right before the divergence first, then the earlier gaps, each sampled evenly
             lo = max((position[t] for t, v in verdicts.items() if v.get("passed") and position[t] < hi), default=-1)
-            near = [t for t in window if position[t] > lo]
-            chosen = _sample(near, max_tensors)
-            if len(chosen) < max_tensors:
-                chosen += _sample([t for t in window if position[t] <= lo], max_tensors - len(chosen))
-            chosen.sort(key=position.__getitem__)
+            near = _sample([t for t in window if position[t] > lo], room)
+            chosen += near + _sample([t for t in window if position[t] <= lo], room - len(near))
+        chosen.sort(key=position.__getitem__)
         ts = time.perf_counter()
         outs = []
         for who, side in (("reference", ref), ("candidate", cand)):
@@ -458,39 +536,49 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
             if r.dtype.kind != "f" or c.dtype.kind != "f":
                 verdicts[t] = {"passed": None}  # not float on one side (or a dtype numpy cannot hold)
                 continue
-            v = _judge(r, c, tol.for_output(t))
+            verdicts[t] = _judge(r, c, tol.for_output(t))
             state["compared"] += 1
-            verdicts[t] = v
-            if not v["passed"]:
-                break  # what follows it in topological order cannot be the first
+            # stop once a divergence is confirmed: nothing later in the order can be the first
+            if diverged() and "confirmed" in classify().values():
+                break
         del ref_out, cand_out, outs
         last_pass_s = time.perf_counter() - ts
+    states = classify()
     if passes > 1:
         notes.append(f"{passes} instrumented runs (at most {max_tensors} tensors exposed per run)")
     if skipped:
         notes.append(f"{skipped} tensor(s) came back from only one side and were skipped")
-
     order = {t: i for i, t in enumerate(graph.order)}
-    diverged = [t for t, v in verdicts.items() if v.get("passed") is False]
-    if not diverged:
-        outs = [o for o in graph.outputs if o in verdicts and verdicts[o].get("passed")]
-        tail = (f"; the graph output(s) {outs} match in this run too: the failure may come from optimized kernels "
-                f"or fusions (graph optimizations are off here) or from another input set"
-                if outs else "")
+    transient = sorted((t for t, st in states.items() if st == "transient"), key=order.__getitem__)
+    if transient:
+        notes.append(f"{len(transient)} tensor(s) diverged but every compared tensor downstream matches again "
+                     f"(a name that moved in a fusion, or a difference that does not propagate); not reported: "
+                     f"{transient[:10]}{' ...' if len(transient) > 10 else ''}")
+    picks = [t for t, st in states.items() if st == "confirmed"]
+    if not picks:
+        picks = [t for t, st in states.items() if st == "pending"]
+        if picks:
+            notes.append("the first divergence could not be checked against the tensors downstream of it")
+    if not picks:
+        outs_ok = [o for o in graph.outputs if o in verdicts and verdicts[o].get("passed")]
+        tail = (f"; the graph output(s) {outs_ok} match in this run too: the failure may come from optimized "
+                f"kernels or fusions (graph optimizations are off here) or from another input set"
+                if outs_ok else "")
         return done("not_found", f"all {state['compared']} compared tensor(s) are within profile "
-                                 f"{tol.profile}{tail}")
-    first_t = min(diverged, key=lambda t: order[t])
+                                 f"{tol.profile}{tail}", transient=transient)
+    first_t = min(picks, key=order.__getitem__)
     v = verdicts[first_t]
     first = {**graph.describe(first_t), "max_abs_err": v["max_abs_err"], "min_atol_to_pass": v["min_atol_to_pass"],
              "reference_range": v["reference_range"], "candidate_range": v["candidate_range"],
-             "cosine_similarity": v["cosine_similarity"], "shape": v["shape"], "why": v["why"]}
+             "cosine_similarity": v["cosine_similarity"], "shape": v["shape"],
+             "elements_outside": v.get("outside"), "why": v["why"]}
     anc = graph.ancestors(first_t)
     matched_up = [t for t, w in verdicts.items() if w.get("passed") and t in anc and order[t] < order[first_t]]
-    last = graph.describe(max(matched_up, key=lambda t: order[t])) if matched_up else None
+    last = graph.describe(max(matched_up, key=order.__getitem__)) if matched_up else None
     reason = (f"first diverging tensor {first_t!r} (output of {first['op_type']} node {first['node']!r}): "
               f"{v['why']}; " + (f"last matching upstream: {last['tensor']!r} ({last['op_type']})" if last else
                                  "no compared tensor upstream of it matched"))
-    return done("found", reason, first, last)
+    return done("found", reason, first, last, transient=transient)
 
 
 __all__ = ["first_divergence"]

@@ -155,12 +155,37 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reachable_targets(source: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every target the planner can reach from ``source``, plus the precision variants worth comparing."""
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                           "ConvInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+                           "FakeQuantize", "com.microsoft::QAttention", "com.microsoft::DynamicQuantizeMatMul"})
+
+
+def _already_reduced(inspection: dict[str, Any] | None) -> str | None:
+    """Why a precision variant would mean nothing for this model (already quantized or fp16)."""
+    d = (inspection or {}).get("details") or {}
+    ops = set(d.get("op_types") or {})
+    q = sorted(ops & QUANTIZED_OPS)
+    if q:
+        return f"the model is already quantized ({', '.join(q[:3])} in the graph)"
+    consts = ((d.get("precisions") or {}).get("Const") or {})
+    if consts and sum(n for t, n in consts.items() if t in ("i8", "u8", "int8", "uint8")) > sum(consts.values()) / 2:
+        return "the model's weights are already stored as int8"
+    floats = [i.get("dtype") for i in (inspection or {}).get("inputs") or [] if str(i.get("dtype", "")).startswith("float")]
+    if floats and all(f == "float16" for f in floats):
+        return "the model already computes in float16"
+    return None
+
+
+def reachable_targets(source: str, inspection: dict[str, Any] | None = None
+                      ) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """Every target the planner can reach from ``source``, plus the precision variants worth
+    comparing; and the variants not offered for this model, with why."""
     from app.conversion import planner
     from app.errors import Unprocessable
 
     out: list[tuple[str, dict[str, Any]]] = []
+    skipped: list[dict[str, Any]] = []
+    reduced = _already_reduced(inspection)
     for target in sorted(planner.targets()):
         try:
             planner.plan(source, target, {})
@@ -170,11 +195,14 @@ def reachable_targets(source: str) -> list[tuple[str, dict[str, Any]]]:
             continue
         if target != source:
             out.append((target, {}))
-        if target == "openvino":
-            out += [("openvino", {"precision": "fp16"}), ("openvino", {"precision": "int8"})]
-        if target == "onnx":
-            out += [("onnx", {"precision": "fp16"}), ("onnx", {"precision": "int8"})]
-    return out
+        if target in ("openvino", "onnx"):
+            for precision in ("fp16", "int8"):
+                if reduced:
+                    skipped.append({"target": target, "options": {"precision": precision},
+                                    "reason": f"not offered: {reduced}, so {precision} compression means nothing"})
+                else:
+                    out.append((target, {"precision": precision}))
+    return out, skipped
 
 
 def request_all(db, dispatcher, settings, model_id: str, *, input_specs: dict[str, Any] | None = None,
@@ -183,21 +211,29 @@ def request_all(db, dispatcher, settings, model_id: str, *, input_specs: dict[st
     """One conversion job (validated and benchmarked) per reachable target and precision variant of
     the model: the jobs made (or found, for a repeated request), and what was skipped and why."""
     from app.conversion import planner
+    from app.errors import Unprocessable
     from app.pipeline import jobs
 
     with db.session() as s:
         model = repo.get_model(s, model_id)
-        source = model.format
+        source, inspection = model.format, model.inspection
         live = jobs.live_queues(s, settings)
-    made, skipped = [], []
-    for target, options in reachable_targets(source):
+    made = []
+    targets, skipped = reachable_targets(source, inspection)
+    for target, options in targets:
         missing = sorted({e.queue for e in planner.plan(source, target, options).edges} - live)
         if missing:  # a job no worker could take would only sit waiting_for_hardware
             skipped.append({"target": target, "options": options,
                             "reason": f"no live worker serves queue {', '.join(missing)}; start one (modelport "
                                       f"worker --queues {','.join(missing)}) or request this conversion anyway"})
             continue
-        job, _ = jobs.create_job(db, dispatcher, settings, model_id, target, options, input_specs,
-                                 benchmark=benchmark, tolerance=tolerance)
+        try:
+            job, _ = jobs.create_job(db, dispatcher, settings, model_id, target, options, input_specs,
+                                     benchmark=benchmark, tolerance=tolerance)
+        except Unprocessable as e:  # this route needs what the request lacks (input_specs): say so, go on
+            if e.code.startswith("invalid_"):  # the request itself is wrong: for every target alike
+                raise
+            skipped.append({"target": target, "options": options, "reason": e.message, "code": e.code})
+            continue
         made.append(job)
     return made, skipped

@@ -95,12 +95,20 @@ def transform(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             model = onnx.load(str(current), load_external_data=True)
+            unknown = sorted(set(opts.keep_fp32) - {n.name for n in model.graph.node})
+            if unknown:
+                raise ConversionError(f"keep_fp32 names node(s) the graph does not have: {', '.join(unknown[:5])}",
+                                      hint="name nodes of the (optimised) graph, as a validation report gives them")
             try:
                 model = convert_float_to_float16(model, keep_io_types=opts.keep_io_types,
-                                                 disable_shape_infer=large)
+                                                 disable_shape_infer=large, node_block_list=opts.keep_fp32 or None)
             except Exception as e:
                 raise fail(e, doing="float16 conversion", tool="onnxruntime") from None
-            details["steps"].append(f"onnxruntime.transformers.float16 (keep_io_types={opts.keep_io_types})")
+            details["steps"].append(f"onnxruntime.transformers.float16 (keep_io_types={opts.keep_io_types}"
+                                    + (f", {len(opts.keep_fp32)} node(s) kept in fp32" if opts.keep_fp32 else "") + ")")
+            if opts.keep_fp32:
+                details["kept_fp32"] = list(opts.keep_fp32)
+                details["dropped_round_trip_casts"] = _drop_round_trip_casts(model)
             current = work / "fp16.onnx"
             save_onnx(model, current, details={})
         elif opts.precision == "int8":
@@ -132,9 +140,72 @@ def transform(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
         raise ConversionError(f"the transformed model does not load in onnxruntime: {e}"[:1500], tool="onnxruntime",
                               tool_version=ort.__version__) from None
     header = onnx.load(str(target), load_external_data=False)
+    _check_same_inputs(src.primary_path, header)
     details.update(onnx_signature(header))
     details["opsets"] = onnx_opsets(header)
     details["ir_version"] = int(header.ir_version)
     details["ops"] = sorted({(n.domain + "::" if n.domain else "") + n.op_type for n in header.graph.node})
     extra_versions.update(versions("onnx", "onnxruntime"))
     return Result(primary=target.name, details=details, warnings=warns, versions=extra_versions)
+
+
+def _graph_inputs(model) -> list[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _check_same_inputs(source: Path, made) -> None:
+    """The edge refuses its own broken output: a transform must not add graph inputs (an fp16
+    pass once turned constant-filled weights into hundreds of them) nor lose any."""
+    import onnx
+
+    before = _graph_inputs(onnx.load(str(source), load_external_data=False))
+    after = _graph_inputs(made)
+    added, lost = [n for n in after if n not in before], [n for n in before if n not in after]
+    if added or lost:
+        parts = ([f"{len(added)} new input(s) ({', '.join(added[:5])}{', …' if len(added) > 5 else ''})"] if added
+                 else []) + ([f"lost input(s) {', '.join(lost[:5])}"] if lost else [])
+        raise ConversionError("the transformed model's inputs are not the source's: " + "; ".join(parts)
+                              + " — weights became inputs (or inputs vanished), so it is not stored",
+                              tool="onnxruntime", hint="try optimize=none, or another precision")
+
+
+def _drop_round_trip_casts(model) -> int:
+    """The float16 converter puts a float32 -> float16 -> float32 Cast pair between two nodes it
+    keeps in float32, so the value still passes through float16 (and overflows there). Wire the
+    consumers of such a pair to the float32 value; returns how many pairs went."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def to(n) -> int | None:
+        return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+
+    producers = {o: n for n in graph.node for o in n.output}
+    drop, rename, pairs = [], {}, 0
+    for n in list(graph.node):
+        if to(n) != 1 or n.input[0] not in producers:
+            continue
+        first = producers[n.input[0]]
+        src = first.input[0] if to(first) == 10 else None
+        if src is None or src not in producers or len(consumers.get(first.output[0], [])) != 1:
+            continue
+        if n.output[0] in outputs:  # a graph output: the float32 producer writes it itself
+            if consumers.get(src) != [first]:
+                continue
+            up = producers[src]
+            up.output[list(up.output).index(src)] = n.output[0]
+        else:
+            rename[n.output[0]] = src
+        drop += [n, first]
+        pairs += 1
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    for n in drop:
+        graph.node.remove(n)
+    return pairs

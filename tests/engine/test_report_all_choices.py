@@ -1,0 +1,63 @@
+"""What report-all offers, and what a request refuses up front: precision variants only where they
+mean something, every target it leaves out named with why, and routes that cannot work refused
+when they are requested (not after a conversion fails)."""
+
+from __future__ import annotations
+
+from tests import models
+from tests.helpers import upload
+
+
+def _report_all(client, model_id: str) -> dict:
+    r = client.post(f"/v1/models/{model_id}/report-all", json={"benchmark": False})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_an_already_quantized_graph_gets_no_fp16_or_int8_variants(embedded_client, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    (fp32,) = models.onnx_model(tmp_path)
+    int8 = tmp_path / "quantized.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    m = upload(embedded_client, int8)
+    out = _report_all(embedded_client, m["id"])
+    offered = {(j["target"], j["options"].get("precision")) for j in out["jobs"]}
+    assert ("onnx", "fp16") not in offered and ("openvino", "int8") not in offered
+    assert ("openvino", None) in offered
+    refused = {(k["target"], k["options"].get("precision")): k["reason"] for k in out["skipped"]}
+    assert {("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"), ("openvino", "int8")} <= set(refused)
+    assert "already quantized (DynamicQuantizeLinear" in refused[("openvino", "fp16")]
+    (fresh,) = [j for j in out["jobs"] if (j["target"], j["options"].get("precision")) == ("openvino", None)]
+    done = embedded_client.get(f"/v1/jobs/{fresh['id']}", params={"wait": 300}).json()
+    assert done["status"] == "succeeded", done
+
+
+def test_torchscript_says_it_needs_input_specs_instead_of_queueing_nothing(embedded_client, tmp_path):
+    m = upload(embedded_client, models.torchscript(tmp_path))
+    out = _report_all(embedded_client, m["id"])
+    assert out["jobs"] == []
+    reasons = {k["target"]: k for k in out["skipped"]}
+    assert "onnx" in reasons and reasons["onnx"]["code"] == "missing_input_specs"
+    assert "give input_specs for" in reasons["onnx"]["reason"]
+    specs = {"x": {"shape": [1, 8], "dtype": "float32", "dynamic": {"0": "batch"}}}
+    r = embedded_client.post(f"/v1/models/{m['id']}/report-all", json={"benchmark": False, "input_specs": specs})
+    assert r.status_code == 202 and {j["target"] for j in r.json()["jobs"]} >= {"onnx"}, r.text
+
+
+def test_a_weights_only_keras_file_is_refused_when_conversion_is_requested(embedded_client, tmp_path):
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "w.weights.h5"
+    with h5py.File(path, "w") as f:  # the Keras 3 save_weights layout: no model config, so no graph
+        f.create_group("vars")
+        f.create_dataset("layers/dense/vars/0", data=np.zeros((4, 2), np.float32))
+        f.create_dataset("layers/dense/vars/1", data=np.zeros((2,), np.float32))
+    m = upload(embedded_client, path)
+    assert m["format"] == "keras" and m["inspection"]["details"]["kind"] == "weights_only"
+    r = embedded_client.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "weights_only_source" and "holds weights only" in err["message"]
+    assert embedded_client.get("/v1/jobs", params={"model_id": m["id"]}).json()["items"] == []
