@@ -115,10 +115,59 @@ def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result
             f"compared: {type(e).__name__}: {str(e)[:500]}", profile=profile))
     from app.runners import search
 
+    failing: dict[str, Any] = {}
     report = validation.validate(reference, candidate, profile=profile, overrides=overrides, samples=samples,
-                                 seed=int(options.get("seed", 0)),
+                                 seed=int(options.get("seed", 0)), failing=failing,
                                  evidence=search.evidence(ref["format"], Path(ref["root"]), ref["primary"]))
+    if report["status"] == "failed" and "feeds" in failing:
+        _localize(report, ref, src, failing, profile, overrides, options)
     return _report(report)
+
+
+def _localize(report: dict[str, Any], ref: dict[str, Any], src: Source, failing: dict[str, Any], profile: str,
+              overrides: dict[str, Any] | None, options: dict[str, Any]) -> None:
+    """Name the first tensor that diverges (where the pair supports it), and for an fp16 ONNX
+    artifact suggest the mixed-precision variant that keeps it and what it feeds in float32."""
+    from app.pipeline import localize
+
+    cand = {"format": src.format, "root": str(src.root), "paths": src.paths, "primary": src.primary}
+    try:
+        found = localize.first_divergence(ref, cand, failing["feeds"], profile=profile, overrides=overrides,
+                                          budget_s=float(options.get("localize_budget_s", 60)))
+    except Exception as e:  # localising is a help: its failure leaves the verdict as it is
+        found = {"status": "error", "reason": f"{type(e).__name__}: {e}"[:500]}
+    found["input_set"] = failing.get("label")
+    report["divergence"] = found
+    first = found.get("first") or {}
+    if found.get("status") == "found":
+        report["reason"] += (f"; first diverging tensor {first.get('tensor')!r} ({first.get('op_type')} "
+                             f"{first.get('node')!r})")
+    if (found.get("status") == "found" and first.get("node") and src.format == "onnx" and ref["format"] == "onnx"
+            and profile == "fp16"):
+        keep = _downstream(Path(ref["root"]) / ref["primary"], first["node"])
+        if keep:
+            report["suggestion"] = {
+                "target": "onnx", "options": {"precision": "fp16", "optimize": "none", "keep_fp32": keep},
+                "why": f"keeps {first['node']!r}, where float16 first diverges, and the {len(keep) - 1} node(s) it "
+                       "feeds in float32 (mixed precision)"}
+
+
+def _downstream(path: Path, node: str) -> list[str]:
+    """``node`` and every named node that depends on it, in graph order (the source graph's names:
+    the suggested conversion runs with optimize=none, so they survive)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    start = next((n for n in g.node if n.name == node), None)
+    if start is None:
+        return []
+    tainted, keep = set(start.output), [node]
+    for n in g.node:
+        if n is not start and any(i in tainted for i in n.input):
+            tainted.update(n.output)
+            if n.name:
+                keep.append(n.name)
+    return keep
 
 
 def hinted_specs(runner_specs: list, hints: list[dict[str, Any]], input_specs: dict[str, Any] | None) -> list:

@@ -95,7 +95,7 @@ def check_source(fmt: str, inspection: dict[str, Any], target: str) -> None:
 
 
 def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, Any] | None,
-                   tolerance: dict[str, Any] | None) -> list[tuple[str, str, str, dict[str, Any]]]:
+                   tolerance: dict[str, Any] | None, try_fixes: bool = False) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(kind, name, queue, options) for every step: each conversion, then the validation and the
     benchmark of its artifact, on the queue of the hardware its runtime needs."""
     from app import runners
@@ -110,7 +110,8 @@ def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, A
             queue, _ = runners.check_placement(e.target, ref)
             steps.append(("validate", f"validate:{e.target}", queue,
                           {"profile": registry.tolerance(e, o), "overrides": tolerance,
-                           "weights_key": o.get("weights_key")}))
+                           "weights_key": o.get("weights_key"),
+                           **({"try_fixes": True} if try_fixes and i == len(plan.edges) - 1 else {})}))
         if benchmark is not None:
             steps.append(("benchmark", f"benchmark:{e.target}", runners.queue_for(e.target), benchmark))
     return steps
@@ -165,7 +166,10 @@ def check_tolerance(value: dict[str, Any] | None) -> dict[str, Any] | None:
 def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
                options: dict[str, Any] | None, input_specs: dict[str, Any] | None, *, validate: bool = True,
                benchmark: bool | dict[str, Any] | None = True,
-               tolerance: dict[str, Any] | None = None) -> tuple[Job, bool]:
+               tolerance: dict[str, Any] | None = None, try_fixes: bool = False) -> tuple[Job, bool]:
+    """A conversion job (validated and benchmarked unless told otherwise): (the job, whether it is
+    new; the same request while it is still active gives that job). ``try_fixes``: when the final
+    artifact's validation fails with a suggested fix (an fp16 mixed-precision variant), request it."""
     if options is not None and not isinstance(options, dict):
         raise Unprocessable("options must be an object", code="invalid_options")
     bench = check_benchmark(benchmark)
@@ -176,7 +180,7 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
         plan = planner.plan(model.format, target, options or {}, live)
         check_source(model.format, model.inspection, target)
         specs = check_input_specs(plan, model.inspection, input_specs)
-        steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance)
+        steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes)
         key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
         existing = repo.job_by_active_key(s, key)
         if existing is not None:
@@ -523,7 +527,27 @@ def _execute(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, beat
         return "lost claim"
     if next_step is not None:
         dispatcher.enqueue(next_step.id, next_step.queue)
+    if ctx.kind == "validate" and ctx.options.get("try_fixes") and result["details"].get("suggestion"):
+        _try_fix(db, dispatcher, settings, ctx, result["details"]["suggestion"])
     return "succeeded"
+
+
+def _try_fix(db, dispatcher: Dispatcher, settings, ctx: StepContext, suggestion: dict[str, Any]) -> None:
+    """Request the variant a failed validation suggests, benchmarked like the job it came from."""
+    with db.session() as s:
+        job = repo.get_job(s, ctx.job_id)
+        bench = next((st.options for st in job.steps if st.kind == "benchmark"), None)
+        model_id, specs = job.model_id, job.input_specs
+    try:
+        fix, _ = create_job(db, dispatcher, settings, model_id, suggestion["target"], suggestion["options"], specs,
+                            benchmark=bench if bench is not None else False, tolerance=ctx.options.get("overrides"))
+    except Exception as e:  # a suggestion is a help: the verdict stands without it
+        log.warning("could not request the fix suggested for job %s: %s", ctx.job_id, e)
+        return
+    with db.session() as s:
+        step = repo.get_step(s, ctx.step_id)
+        if step is not None:
+            _append_log(step, f"\nvalidation failed; requested the suggested fix as job {fix.id}: {suggestion['why']}\n")
 
 
 def _record_failure(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, err: dict[str, Any],

@@ -514,6 +514,11 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
             lo = max((position[t] for t, v in verdicts.items() if v.get("passed") and position[t] < hi), default=-1)
             near = _sample([t for t in window if position[t] > lo], room)
             chosen += near + _sample([t for t in window if position[t] <= lo], room - len(near))
+        pending = [position[t] for t, st in states.items() if st == "pending" and position[t] < hi]
+        room = max_tensors - len(chosen)
+        if room > 0 and pending:  # whatever room is left: what follows the pending divergences, in order
+            taken = set(chosen)
+            chosen += [t for t in comparable[min(pending) + 1:] if t not in verdicts and t not in taken][:room]
         chosen.sort(key=position.__getitem__)
         ts = time.perf_counter()
         outs = []
@@ -554,19 +559,20 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
         notes.append(f"{len(transient)} tensor(s) diverged but every compared tensor downstream matches again "
                      f"(a name that moved in a fusion, or a difference that does not propagate); not reported: "
                      f"{transient[:10]}{' ...' if len(transient) > 10 else ''}")
-    picks = [t for t, st in states.items() if st == "confirmed"]
-    if not picks:
-        picks = [t for t, st in states.items() if st == "pending"]
-        if picks:
-            notes.append("the first divergence could not be checked against the tensors downstream of it")
+    picks = [t for t, st in states.items() if st in ("confirmed", "pending")]
     if not picks:
         outs_ok = [o for o in graph.outputs if o in verdicts and verdicts[o].get("passed")]
         tail = (f"; the graph output(s) {outs_ok} match in this run too: the failure may come from optimized "
                 f"kernels or fusions (graph optimizations are off here) or from another input set"
                 if outs_ok else "")
-        return done("not_found", f"all {state['compared']} compared tensor(s) are within profile "
-                                 f"{tol.profile}{tail}", transient=transient)
+        head = (f"all {state['compared']} compared tensor(s) are within profile {tol.profile}" if not transient else
+                f"no divergence propagates: of {state['compared']} compared tensor(s), {len(transient)} are outside "
+                f"profile {tol.profile} but the tensors downstream of them match again")
+        return done("not_found", head + tail, transient=transient)
     first_t = min(picks, key=order.__getitem__)
+    if states[first_t] == "pending":
+        notes.append(f"{first_t!r} diverges but the time budget ran out before the tensors downstream of it "
+                     f"showed whether the divergence propagates")
     v = verdicts[first_t]
     first = {**graph.describe(first_t), "max_abs_err": v["max_abs_err"], "min_atol_to_pass": v["min_atol_to_pass"],
              "reference_range": v["reference_range"], "candidate_range": v["candidate_range"],

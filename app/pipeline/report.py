@@ -229,7 +229,7 @@ def request_all(db, dispatcher, settings, model_id: str, *, input_specs: dict[st
             continue
         try:
             job, _ = jobs.create_job(db, dispatcher, settings, model_id, target, options, input_specs,
-                                     benchmark=benchmark, tolerance=tolerance)
+                                     benchmark=benchmark, tolerance=tolerance, try_fixes=True)
         except Unprocessable as e:  # this route needs what the request lacks (input_specs): say so, go on
             if e.code.startswith("invalid_"):  # the request itself is wrong: for every target alike
                 raise

@@ -473,7 +473,8 @@ def _cast(a: np.ndarray, dtype: str | None) -> np.ndarray:
 
 def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: dict | None = None,
              samples: dict[str, np.ndarray] | None = None, seed: int = 0,
-             dim_values: tuple = (1, 3), evidence: Any = None, search: bool = True) -> dict[str, Any]:
+             dim_values: tuple = (1, 3), evidence: Any = None, search: bool = True,
+             failing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run both runners on the same input sets and compare every output under ``profile``.
 
     Input specs are the reference's (unknown dims/dtypes filled from the candidate's); a
@@ -485,7 +486,9 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
     Generated inputs are ones the reference runs on: with ``search``, a runnable-input search
     (:func:`app.runners.search.find`, helped by the file's ``evidence``) picks the sizes of dynamic
     dims and the ranges of integer inputs first; the report's ``inputs`` says which and why. An
-    input set on which the reference itself fails or returns NaN/Inf counts against no one."""
+    input set on which the reference itself fails or returns NaN/Inf counts against no one.
+    ``failing`` (a dict) receives the reference's feeds of the first input set that failed, under
+    ``"feeds"`` (and its label), for localising the divergence."""
     t0 = time.perf_counter()
     tol = resolve_tolerance(profile, overrides)
     ref_info, cand_info = _runner_info(reference), _runner_info(candidate)
@@ -603,6 +606,8 @@ def validate(reference: Runner, candidate: Runner, *, profile: str, overrides: d
             entries.append(e)
             if not e["passed"]:
                 failures.append(f"output {e['output']!r} at input set {label!r}: {e['reason']}")
+                if failing is not None and "feeds" not in failing:
+                    failing.update(feeds=feeds, label=label)
         extra = sorted(set(cand_out) - {e["candidate_output"] for e in results})
         if extra:
             note = f"candidate has extra output(s) not compared: {extra}"

@@ -61,3 +61,40 @@ def test_a_weights_only_keras_file_is_refused_when_conversion_is_requested(embed
     err = r.json()["error"]
     assert err["code"] == "weights_only_source" and "holds weights only" in err["message"]
     assert embedded_client.get("/v1/jobs", params={"model_id": m["id"]}).json()["items"] == []
+
+
+def test_a_failing_fp16_variant_names_its_first_diverging_tensor_and_report_all_tries_the_mixed_fix(
+        embedded_client, tmp_path):
+    """float16 overflows at 'amplify_more' (x1000 twice): the fp16 artifact fails, its validation
+    names that tensor and the last one that matched, and report-all requests the mixed-precision
+    variant that keeps it (and what it feeds) in float32, which passes."""
+    import time
+
+    from tests import traps
+
+    c = embedded_client
+    m = upload(c, traps.fp16_overflow(tmp_path / "overflow.onnx"))
+    out = _report_all(c, m["id"])
+    (fp16,) = [j for j in out["jobs"] if j["target"] == "onnx" and j["options"].get("precision") == "fp16"]
+    done = c.get(f"/v1/jobs/{fp16['id']}", params={"wait": 300}).json()
+    assert done["status"] == "succeeded", done
+    v = c.get(f"/v1/artifacts/{done['artifact_id']}").json()["validation"]
+    assert v["status"] == "failed"
+    div = v["report"]["divergence"]
+    assert div["status"] == "found", div
+    assert (div["first"]["tensor"], div["first"]["op_type"], div["first"]["node"]) == ("h2", "Mul", "amplify_more")
+    assert div["last_matching"]["tensor"] == "h1"
+    assert "first diverging tensor 'h2' (Mul 'amplify_more')" in v["reason"]
+    fix = v["report"]["suggestion"]
+    assert fix["options"] == {"precision": "fp16", "optimize": "none", "keep_fp32": ["amplify_more", "scale_back"]}
+    deadline = time.monotonic() + 120
+    while not (mixed := [j for j in c.get("/v1/jobs", params={"model_id": m["id"], "limit": 100}).json()["items"]
+                         if j["options"].get("keep_fp32")]):
+        assert time.monotonic() < deadline, "report-all did not request the suggested mixed-precision variant"
+        time.sleep(0.2)
+    done = c.get(f"/v1/jobs/{mixed[0]['id']}", params={"wait": 300}).json()
+    assert done["status"] == "succeeded", done
+    art = c.get(f"/v1/artifacts/{done['artifact_id']}").json()
+    assert art["validation"]["status"] == "passed", art["validation"]["reason"]
+    assert len([j for j in c.get("/v1/jobs", params={"model_id": m["id"], "limit": 100}).json()["items"]
+                if j["options"].get("keep_fp32")]) == 1  # the fix's own validation passed: no further round
