@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite:///<data_dir>/catalog.db
     storage_url: str | None = None  # default: file://<data_dir>/objects ; or s3://bucket[/prefix]
     broker_url: str | None = None  # unset: embedded executor; redis://… : Celery
+    # authentication: "auto" = on as soon as one API key exists; "required" = on even with none
+    auth: Literal["auto", "required"] = "auto"
+    secret_key: str | None = None  # HMAC key for API key hashes; default: <data_dir>/secret-key (made once, 0600)
 
     s3_endpoint_url: str | None = None
     s3_access_key_id: str | None = None

@@ -26,6 +26,16 @@ class BadRequest(ModelportError):
     code = "bad_request"
 
 
+class Unauthorized(ModelportError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ModelportError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ModelportError):
     status_code = 404
     code = "not_found"

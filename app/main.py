@@ -43,9 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             executor = EmbeddedExecutor(settings, db, app.state.store)
             executor.start()
             app.state.dispatcher = executor
+        from app.auth import Authenticator
         from app.serving.metrics import Metrics
         from app.serving.runtime import ModelCache
 
+        app.state.auth = Authenticator(db, settings)
         app.state.metrics = Metrics(db)
         app.state.models = ModelCache(settings, db, app.state.store, app.state.metrics)
         if settings.serving_load == "eager":
@@ -85,18 +87,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": "internal_error", "message": "internal error; see the server log",
                                        "detail": {"type": type(exc).__name__}}}, status_code=500)
 
-    from app.api import deployments, formats, health, models, v2
+    from fastapi import Depends
+
+    from app.api import deployments, formats, health, keys, models, v2
     from app.api import jobs as jobs_api
+    from app.api.deps import authenticated
 
+    auth = [Depends(authenticated)]  # every route but health: a key (once keys exist), scoped to its project
     app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(jobs_api.router)
-    app.include_router(formats.router)
-    app.include_router(deployments.router)
-    app.include_router(v2.router)
+    app.include_router(v2.health_router)
+    app.include_router(models.router, dependencies=auth)
+    app.include_router(jobs_api.router, dependencies=auth)
+    app.include_router(formats.router, dependencies=auth)
+    app.include_router(deployments.router, dependencies=auth)
+    app.include_router(keys.router, dependencies=auth)
+    app.include_router(v2.router, dependencies=auth)
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics():
+    from app.api.deps import admin
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(authenticated), Depends(admin)])
+    def metrics():  # every project's deployment names are in it: an admin key, once keys exist
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         from starlette.responses import Response
 
@@ -117,10 +127,11 @@ async def _load_all(app: FastAPI) -> None:
     import anyio
 
     from app.catalog import repo
+    from app.serving.runtime import qualified
 
     cache = app.state.models
     with app.state.db.session() as s:
-        names = repo.list_deployment_names(s)
+        names = [qualified(p, n) for p, n in repo.all_deployment_names(s)]
     for name in names:
         try:
             row = cache.resolve(name, None)

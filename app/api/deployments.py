@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep
+from app.api.deps import DatabaseDep, PrincipalDep
 from app.serving import dataplane, deployments
+from app.serving.runtime import qualified
 
 router = APIRouter(tags=["deployments"])
 
@@ -35,7 +36,9 @@ class DeployRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    artifact_id: str
+    artifact_id: str | None = Field(default=None, description="a converted artifact (its validation must have passed)")
+    model_id: str | None = Field(default=None, description="or the uploaded model itself, when a runner exists for "
+                                                           "its format (it is its own reference: no validation)")
     version: int | None = Field(default=None, ge=1)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
@@ -43,35 +46,37 @@ class DeployRequest(BaseModel):
 
 
 @router.post("/v1/deployments", status_code=201)
-async def deploy(body: DeployRequest, request: Request, db: DatabaseDep):
+async def deploy(body: DeployRequest, request: Request, db: DatabaseDep, principal: PrincipalDep):
     """Deploy an artifact as a new version of ``name``. Only artifacts whose validation passed,
     unless ``force``. The version is loaded now; if it fails to load, the previous version keeps serving."""
     out = await anyio.to_thread.run_sync(lambda: deployments.deploy(
-        db, request.app.state.models, name=body.name, artifact_id=body.artifact_id, version=body.version,
-        runtime=body.runtime.model_dump(), batching=body.batching.model_dump(), force=body.force))
+        db, request.app.state.models, name=body.name, artifact_id=body.artifact_id, model_id=body.model_id,
+        version=body.version, runtime=body.runtime.model_dump(), batching=body.batching.model_dump(),
+        force=body.force, project=principal.project))
     return JSONResponse(out, status_code=201)
 
 
 @router.get("/v1/deployments")
-def list_deployments(request: Request, db: DatabaseDep):
-    return {"items": deployments.describe_all(db, request.app.state.models)}
+def list_deployments(request: Request, db: DatabaseDep, principal: PrincipalDep):
+    return {"items": deployments.describe_all(db, request.app.state.models, principal.project)}
 
 
 @router.get("/v1/deployments/{name}")
-def get_deployment(name: str, request: Request, db: DatabaseDep):
-    return deployments.describe(db, request.app.state.models, name)
+def get_deployment(name: str, request: Request, db: DatabaseDep, principal: PrincipalDep):
+    return deployments.describe(db, request.app.state.models, name, principal.project)
 
 
 @router.delete("/v1/deployments/{name}", status_code=204)
-def delete_deployment(name: str, request: Request, db: DatabaseDep):
-    deployments.delete(db, request.app.state.models, name)
+def delete_deployment(name: str, request: Request, db: DatabaseDep, principal: PrincipalDep):
+    deployments.delete(db, request.app.state.models, name, principal.project)
 
 
 @router.post("/v1/deployments/{name}/predict")
-async def predict(name: str, request: Request, version: Annotated[str | None, Query()] = None):
+async def predict(name: str, request: Request, principal: PrincipalDep,
+                  version: Annotated[str | None, Query()] = None):
     """Inputs as JSON ``{"inputs": {"x": [[...]]}}``, one ``.npy`` (a single-input model) or an ``.npz``
     (several); outputs as JSON, or ``.npz`` with ``Accept: application/x-npz``."""
     status, headers, payload = await dataplane.run_predict(
-        request.app.state, name, version, request.headers.get("content-type", ""),
+        request.app.state, qualified(principal.project, name), version, request.headers.get("content-type", ""),
         request.headers.get("accept", ""), await request.body())
     return Response(payload, status_code=status, headers=headers)

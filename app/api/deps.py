@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.auth import Principal, scope_for
 from app.catalog import repo
 from app.catalog.db import Database
 from app.catalog.tables import Model
@@ -31,9 +32,29 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def valid_model(model_id: str, db: DatabaseDep) -> Model:
+def authenticated(request: Request) -> Principal:
+    """Who is asking (401 without a valid key once keys exist), and that their scope covers the
+    method: reads (and inference) need ``read``, writes ``write``. Sync, so a catalog lookup runs on
+    a thread."""
+    p = request.app.state.auth.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    p.require(scope_for(request.method, request.url.path))
+    return p
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticated)]
+
+
+def admin(principal: PrincipalDep) -> Principal:
+    principal.require("admin")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(admin)]
+
+
+def valid_model(model_id: str, db: DatabaseDep, principal: PrincipalDep) -> Model:
     with db.session() as s:
-        model = repo.get_model(s, model_id)
+        model = repo.get_model(s, model_id, principal.project)
         if model is None:
             raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
         return model

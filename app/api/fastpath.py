@@ -59,8 +59,34 @@ class FastPath:
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
+    async def _principal(self, scope):
+        """Who is asking (cached: no thread hop once a key has been seen), or the error to answer."""
+        from app.errors import ModelportError
+
+        h = self._headers(scope)
+        authz, key = h.get(b"authorization"), h.get(b"x-api-key")
+        authz, key = authz.decode("latin-1") if authz else None, key.decode("latin-1") if key else None
+        auth = self.app.state.auth
+        p = auth.cached(authz, key)
+        try:
+            if p is None:
+                import anyio
+
+                p = await anyio.to_thread.run_sync(auth.authenticate, authz, key)
+            p.require("read")
+        except ModelportError as e:
+            return None, e
+        return p, None
+
     async def _v2(self, scope, receive, send, name: str, version: str | None) -> None:
         from app.serving.dataplane import run_infer
+        from app.serving.runtime import qualified
+
+        principal, err = await self._principal(scope)
+        if err is not None:
+            return await self._send(send, err.status_code, {"content-type": "application/json"},
+                                    json.dumps({"error": err.message}).encode())
+        name = qualified(principal.project, name)
 
         try:
             body = await self._body(receive)
@@ -76,6 +102,13 @@ class FastPath:
 
     async def _v1(self, scope, receive, send, name: str) -> None:
         from app.serving.dataplane import run_predict
+        from app.serving.runtime import qualified
+
+        principal, err = await self._principal(scope)
+        if err is not None:
+            return await self._send(send, err.status_code, {"content-type": "application/json"},
+                                    json.dumps(err.to_dict()).encode())
+        name = qualified(principal.project, name)
 
         try:
             body = await self._body(receive)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
+from app.api.deps import DatabaseDep, ModelDep, PrincipalDep, SettingsDep, StoreDep
 from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
@@ -48,49 +48,50 @@ async def convert(model: ModelDep, body: ConversionRequest, request: Request, db
     return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-def _job(db, job_id: str):
+def _job(db, job_id: str, project: str):
     with db.session() as s:
-        job = repo.get_job(s, job_id)
+        job = repo.get_job(s, job_id, project)
         if job is None:
             raise NotFound(f"no job with id '{job_id}'", code="job_not_found", detail={"job_id": job_id})
         return job
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get_job(job_id: str, db: DatabaseDep,
+async def get_job(job_id: str, db: DatabaseDep, principal: PrincipalDep,
                   wait: Annotated[float, Query(ge=0, le=600, description="long-poll up to N seconds")] = 0):
     deadline = time.monotonic() + wait
     while True:
-        job = await anyio.to_thread.run_sync(_job, db, job_id)
+        job = await anyio.to_thread.run_sync(_job, db, job_id, principal.project)
         if job.status in repo.TERMINAL or time.monotonic() >= deadline:
             return job_out(job)
         await anyio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 @router.get("/v1/jobs")
-def list_jobs(db: DatabaseDep, model_id: str | None = None, status: str | None = None,
+def list_jobs(db: DatabaseDep, principal: PrincipalDep, model_id: str | None = None, status: str | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
     with db.session() as s:
-        rows, total = repo.list_jobs(s, model_id=model_id, status=status, limit=limit, offset=offset)
+        rows, total = repo.list_jobs(s, project=principal.project, model_id=model_id, status=status, limit=limit,
+                                     offset=offset)
         return {"items": [job_out(j) for j in rows], "total": total, "limit": limit, "offset": offset}
 
 
 @router.post("/v1/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, db: DatabaseDep):
-    _job(db, job_id)
+def cancel_job(job_id: str, db: DatabaseDep, principal: PrincipalDep):
+    _job(db, job_id, principal.project)
     return job_out(jobs.cancel_job(db, job_id))
 
 
 @router.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
-def job_logs(job_id: str, db: DatabaseDep):
-    job = _job(db, job_id)
+def job_logs(job_id: str, db: DatabaseDep, principal: PrincipalDep):
+    job = _job(db, job_id, principal.project)
     parts = [f"### step {st.index}: {st.edge} [{st.status}]\n{st.log}" for st in job.steps]
     return PlainTextResponse("\n".join(parts))
 
 
-def _artifact(db, artifact_id: str):
+def _artifact(db, artifact_id: str, project: str):
     with db.session() as s:
-        art = repo.get_artifact(s, artifact_id)
+        art = repo.get_artifact(s, artifact_id, project)
         if art is None:
             raise NotFound(f"no artifact with id '{artifact_id}'", code="artifact_not_found",
                            detail={"artifact_id": artifact_id})
@@ -110,14 +111,14 @@ def _checks(db, artifact_ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 @router.get("/v1/artifacts/{artifact_id}")
-def get_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep):
-    art = _artifact(db, artifact_id)
+def get_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep):
+    art = _artifact(db, artifact_id, principal.project)
     return artifact_out(art, _presigned(store, art), **_checks(db, [art.id])[art.id])
 
 
 @router.get("/v1/artifacts/{artifact_id}/validations")
-def list_validations(artifact_id: str, db: DatabaseDep):
-    _artifact(db, artifact_id)
+def list_validations(artifact_id: str, db: DatabaseDep, principal: PrincipalDep):
+    _artifact(db, artifact_id, principal.project)
     with db.session() as s:
         return {"items": [validation_out(v) for v in repo.validations_of(s, artifact_id)]}
 
@@ -133,8 +134,8 @@ class BenchmarkRequest(BaseModel):
 
 @router.post("/v1/artifacts/{artifact_id}/benchmarks", status_code=202)
 async def run_benchmark(artifact_id: str, body: BenchmarkRequest, request: Request, db: DatabaseDep,
-                        settings: SettingsDep):
-    _artifact(db, artifact_id)
+                        settings: SettingsDep, principal: PrincipalDep):
+    _artifact(db, artifact_id, principal.project)
     job, created = await anyio.to_thread.run_sync(
         lambda: jobs.create_benchmark_job(db, request.app.state.dispatcher, settings, artifact_id,
                                           body.model_dump()))
@@ -142,15 +143,15 @@ async def run_benchmark(artifact_id: str, body: BenchmarkRequest, request: Reque
 
 
 @router.get("/v1/artifacts/{artifact_id}/benchmarks")
-def list_benchmarks(artifact_id: str, db: DatabaseDep):
-    _artifact(db, artifact_id)
+def list_benchmarks(artifact_id: str, db: DatabaseDep, principal: PrincipalDep):
+    _artifact(db, artifact_id, principal.project)
     with db.session() as s:
         return {"items": [benchmark_out(b) for b in repo.benchmarks_of(s, artifact_id)]}
 
 
 @router.get("/v1/artifacts/{artifact_id}/download")
-def download_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep):
-    art = _artifact(db, artifact_id)
+def download_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep):
+    art = _artifact(db, artifact_id, principal.project)
     if art.file_count == 1:
         f = art.files[0]
         return StreamingResponse(store.iter_chunks(blob_key(f.sha256)), media_type="application/octet-stream",

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import upload_stream
-from app.api.deps import DatabaseDep, ModelDep, SettingsDep, StoreDep
+from app.api.deps import DatabaseDep, ModelDep, PrincipalDep, SettingsDep, StoreDep
 from app.api.schemas import model_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
@@ -37,13 +37,14 @@ async def upload_model(
     settings: SettingsDep,
     db: DatabaseDep,
     store: StoreDep,
+    principal: PrincipalDep,
     filename: Annotated[str | None, Query(description="file name for a raw-body upload")] = None,
     name: Annotated[str | None, Query(max_length=255)] = None,
     metadata: Annotated[str | None, Query(description="JSON object")] = None,
 ):
     up = await upload_stream.receive(request, settings, filename=filename, name=name, metadata=metadata)
     try:
-        model, created = await anyio.to_thread.run_sync(uploads.ingest, up, settings, db, store)
+        model, created = await anyio.to_thread.run_sync(uploads.ingest, up, settings, db, store, principal.project)
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, up.workdir, True)
     return JSONResponse(model_out(model), status_code=201 if created else 200,
@@ -53,13 +54,15 @@ async def upload_model(
 @router.get("")
 def list_models(
     db: DatabaseDep,
+    principal: PrincipalDep,
     format: str | None = None,
     name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
     with db.session() as s:
-        rows, total = repo.list_models(s, format=format, name=name, limit=limit, offset=offset)
+        rows, total = repo.list_models(s, project=principal.project, format=format, name=name, limit=limit,
+                                       offset=offset)
         return {"items": [model_out(m) for m in rows], "total": total, "limit": limit, "offset": offset}
 
 
@@ -101,5 +104,5 @@ def _safe(name: str) -> str:
 
 
 @router.delete("/{model_id}", status_code=204)
-def delete_model(model_id: str, db: DatabaseDep, store: StoreDep):
-    uploads.delete(db, store, model_id)
+def delete_model(model_id: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep):
+    uploads.delete(db, store, model_id, principal.project)

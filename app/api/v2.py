@@ -11,10 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import __version__
+from app.api.deps import PrincipalDep
+from app.auth import Principal
 from app.serving import dataplane
-from app.serving.runtime import ServingError
+from app.serving.runtime import ServingError, qualified
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+health_router = APIRouter(prefix="/v2", tags=["kserve-v2"])  # liveness and readiness: no key needed
 log = logging.getLogger("modelport.serving")
 
 
@@ -27,12 +30,12 @@ def server_metadata():
     return {"name": "modelport", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/health/live")
+@health_router.get("/health/live")
 def live():
     return Response(status_code=200)
 
 
-@router.get("/health/ready")
+@health_router.get("/health/ready")
 def ready(request: Request):
     try:
         from app.catalog.db import ping
@@ -54,13 +57,14 @@ def _tensor_meta(specs) -> list[dict]:
              "shape": [d if isinstance(d, int) else -1 for d in (s.shape or [])]} for s in specs]
 
 
-async def _metadata(request: Request, name: str, version: str | None):
+async def _metadata(request: Request, principal: Principal, shown: str, version: str | None):
+    name = qualified(principal.project, shown)
     try:
         row, lm = await _loaded(request, name, version)
     except ServingError as e:
         return _err(e.status, e.message)
     except Exception as e:
-        return _err(500, f"failed to load '{name}': {type(e).__name__}: {e}")
+        return _err(500, f"failed to load '{shown}': {type(e).__name__}: {e}")
     try:
         rows = await anyio.to_thread.run_sync(request.app.state.models.versions, name)
     except Exception as e:  # the catalog is down: the versions aresolve just used
@@ -70,19 +74,19 @@ async def _metadata(request: Request, name: str, version: str | None):
     try:
         inputs, outputs = _tensor_meta(lm.inputs), _tensor_meta(lm.outputs)
     except ValueError as e:  # a dtype the v2 protocol cannot carry
-        return _err(400, f"model '{name}' cannot be described in the v2 protocol: {e}")
-    return {"name": name, "versions": versions, "platform": f"modelport_{lm.format}", "inputs": inputs,
+        return _err(400, f"model '{shown}' cannot be described in the v2 protocol: {e}")
+    return {"name": shown, "versions": versions, "platform": f"modelport_{lm.format}", "inputs": inputs,
             "outputs": outputs}
 
 
 @router.get("/models/{name}")
-async def model_metadata(name: str, request: Request):
-    return await _metadata(request, name, None)
+async def model_metadata(name: str, request: Request, principal: PrincipalDep):
+    return await _metadata(request, principal, name, None)
 
 
 @router.get("/models/{name}/versions/{version}")
-async def model_version_metadata(name: str, version: str, request: Request):
-    return await _metadata(request, name, version)
+async def model_version_metadata(name: str, version: str, request: Request, principal: PrincipalDep):
+    return await _metadata(request, principal, name, version)
 
 
 def _ready(request: Request, name: str, version: str | None) -> Response:
@@ -96,13 +100,13 @@ def _ready(request: Request, name: str, version: str | None) -> Response:
 
 
 @router.get("/models/{name}/ready")
-def model_ready(name: str, request: Request):
-    return _ready(request, name, None)
+def model_ready(name: str, request: Request, principal: PrincipalDep):
+    return _ready(request, qualified(principal.project, name), None)
 
 
 @router.get("/models/{name}/versions/{version}/ready")
-def model_version_ready(name: str, version: str, request: Request):
-    return _ready(request, name, version)
+def model_version_ready(name: str, version: str, request: Request, principal: PrincipalDep):
+    return _ready(request, qualified(principal.project, name), version)
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
@@ -113,10 +117,10 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 
 @router.post("/models/{name}/infer")
-async def infer(name: str, request: Request):
-    return await _infer(request, name, None)
+async def infer(name: str, request: Request, principal: PrincipalDep):
+    return await _infer(request, qualified(principal.project, name), None)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
-async def infer_version(name: str, version: str, request: Request):
-    return await _infer(request, name, version)
+async def infer_version(name: str, version: str, request: Request, principal: PrincipalDep):
+    return await _infer(request, qualified(principal.project, name), version)

@@ -8,6 +8,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.catalog.tables import (
+    DEFAULT_PROJECT,
+    ApiKey,
     Artifact,
     ArtifactFile,
     Benchmark,
@@ -16,22 +18,27 @@ from app.catalog.tables import (
     JobStep,
     Model,
     ModelFile,
+    Project,
     Validation,
     Worker,
 )
 
 
-def get_model(s: Session, model_id: str) -> Model | None:
-    return s.get(Model, model_id)
+def get_model(s: Session, model_id: str, project: str | None = None) -> Model | None:
+    """The model, if it exists (and, given ``project``, belongs to it)."""
+    m = s.get(Model, model_id)
+    return m if m is not None and (project is None or m.project_id == project) else None
 
 
-def get_model_by_digest(s: Session, digest: str) -> Model | None:
-    return s.scalar(select(Model).where(Model.digest == digest))
+def get_model_by_digest(s: Session, digest: str, project: str = DEFAULT_PROJECT) -> Model | None:
+    return s.scalar(select(Model).where(Model.digest == digest, Model.project_id == project))
 
 
-def list_models(s: Session, *, format: str | None = None, name: str | None = None, limit: int = 50,
-                offset: int = 0) -> tuple[list[Model], int]:
+def list_models(s: Session, *, project: str | None = None, format: str | None = None, name: str | None = None,
+                limit: int = 50, offset: int = 0) -> tuple[list[Model], int]:
     q = select(Model)
+    if project is not None:
+        q = q.where(Model.project_id == project)
     if format:
         q = q.where(Model.format == format)
     if name:
@@ -82,8 +89,10 @@ def blob_referenced(s: Session, sha256: str) -> bool:
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def get_job(s: Session, job_id: str) -> Job | None:
-    return s.get(Job, job_id)
+def get_job(s: Session, job_id: str, project: str | None = None) -> Job | None:
+    """The job, if it exists (and, given ``project``, its model belongs to it)."""
+    job = s.get(Job, job_id)
+    return job if job is not None and (project is None or project_of_job(s, job) == project) else None
 
 
 def get_step(s: Session, step_id: str) -> JobStep | None:
@@ -94,9 +103,11 @@ def job_by_active_key(s: Session, key: str) -> Job | None:
     return s.scalar(select(Job).where(Job.active_key == key))
 
 
-def list_jobs(s: Session, *, model_id: str | None = None, status: str | None = None, limit: int = 50,
-              offset: int = 0) -> tuple[list[Job], int]:
+def list_jobs(s: Session, *, project: str | None = None, model_id: str | None = None, status: str | None = None,
+              limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
     q = select(Job)
+    if project is not None:
+        q = q.join(Model, Model.id == Job.model_id).where(Model.project_id == project)
     if model_id:
         q = q.where(Job.model_id == model_id)
     if status:
@@ -180,8 +191,10 @@ def finished_job_times(s: Session) -> list[tuple[str, Any, Any]]:
                                         .where(Job.finished_at.is_not(None)))]
 
 
-def get_artifact(s: Session, artifact_id: str) -> Artifact | None:
-    return s.get(Artifact, artifact_id)
+def get_artifact(s: Session, artifact_id: str, project: str | None = None) -> Artifact | None:
+    """The artifact, if it exists (and, given ``project``, its model belongs to it)."""
+    art = s.get(Artifact, artifact_id)
+    return art if art is not None and (project is None or project_of_artifact(s, art) == project) else None
 
 
 def list_artifacts(s: Session, model_id: str) -> list[Artifact]:
@@ -277,12 +290,20 @@ def benchmark_keys(s: Session, artifact_ids: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- deployments
 
 
-def deployment_versions(s: Session, name: str) -> list[Deployment]:
-    return list(s.scalars(select(Deployment).where(Deployment.name == name).order_by(Deployment.version.desc())))
+def deployment_versions(s: Session, name: str, project: str = DEFAULT_PROJECT) -> list[Deployment]:
+    return list(s.scalars(select(Deployment).where(Deployment.name == name, Deployment.project_id == project)
+                          .order_by(Deployment.version.desc())))
 
 
-def list_deployment_names(s: Session) -> list[str]:
-    return list(s.scalars(select(Deployment.name).distinct().order_by(Deployment.name)))
+def list_deployment_names(s: Session, project: str = DEFAULT_PROJECT) -> list[str]:
+    return list(s.scalars(select(Deployment.name).where(Deployment.project_id == project).distinct()
+                          .order_by(Deployment.name)))
+
+
+def all_deployment_names(s: Session) -> list[tuple[str, str]]:
+    """(project, name) of every deployment."""
+    return [(p, n) for p, n in s.execute(select(Deployment.project_id, Deployment.name).distinct()
+                                         .order_by(Deployment.project_id, Deployment.name))]
 
 
 def get_deployment(s: Session, deployment_id: str) -> Deployment | None:
@@ -313,9 +334,48 @@ def set_deployment_status(s: Session, deployment_id: str, status: str, reason: s
         d.status, d.reason, d.load_ms = status, reason, load_ms
 
 
-def delete_deployment(s: Session, name: str) -> list[str]:
+def delete_deployment(s: Session, name: str, project: str = DEFAULT_PROJECT) -> list[str]:
     """Delete every version of ``name``; their ids (empty: there was no such deployment)."""
-    rows = deployment_versions(s, name)
+    rows = deployment_versions(s, name, project)
     for d in rows:
         s.delete(d)
     return [d.id for d in rows]
+
+
+# ----------------------------------------------------------------------------- projects and keys
+
+
+def project_of_job(s: Session, job: Job) -> str | None:
+    return s.scalar(select(Model.project_id).where(Model.id == job.model_id))
+
+
+def project_of_artifact(s: Session, art: Artifact) -> str | None:
+    return s.scalar(select(Model.project_id).where(Model.id == art.model_id))
+
+
+def ensure_project(s: Session, project: str) -> None:
+    if s.get(Project, project) is None:
+        s.add(Project(id=project))
+        s.flush()
+
+
+def get_key(s: Session, key_id: str) -> ApiKey | None:
+    return s.get(ApiKey, key_id)
+
+
+def add_key(s: Session, **fields: Any) -> ApiKey:
+    k = ApiKey(**fields)
+    s.add(k)
+    s.flush()
+    return k
+
+
+def list_keys(s: Session, project: str | None = None) -> list[ApiKey]:
+    q = select(ApiKey)
+    if project is not None:
+        q = q.where(ApiKey.project_id == project)
+    return list(s.scalars(q.order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def any_key(s: Session) -> bool:
+    return s.scalar(select(ApiKey.id).limit(1)) is not None

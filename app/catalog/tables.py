@@ -53,13 +53,46 @@ class TimestampMixin:
     )
 
 
+DEFAULT_PROJECT = "default"
+"""The project everything belongs to while authentication is off (and rows made before projects)."""
+
+
+class Project(Base):
+    """Who owns what: every model (and so its jobs, artifacts, checks) and deployment is one project's."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the name: letters, digits, '.', '_', '-'
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class ApiKey(Base):
+    """An API key: shown once (``mp_<id>_<secret>``), stored as an HMAC-SHA256 of the secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # the short id, in the key and in logs
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True,
+                                            nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Model(TimestampMixin, Base):
-    """An uploaded model: one or more files, identified by the digest of their content."""
+    """An uploaded model: one or more files, identified (within its project) by the digest of their
+    content; the bytes themselves are shared blobs."""
 
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("project_id", "digest"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    digest: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), index=True,
+                                            nullable=False, default=DEFAULT_PROJECT)
+    digest: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
     name: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
     format: Mapped[str] = mapped_column(String(32), index=True, nullable=False)
     primary_file: Mapped[str] = mapped_column(String(1024), nullable=False)
@@ -248,13 +281,16 @@ class Deployment(TimestampMixin, Base):
     """A named, versioned artifact served at /v1/deployments/{name}/predict and /v2/models/{name}."""
 
     __tablename__ = "deployments"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (UniqueConstraint("project_id", "name", "version"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), index=True,
+                                            nullable=False, default=DEFAULT_PROJECT)
     name: Mapped[str] = mapped_column(String(128), index=True, nullable=False)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
-    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True,
-                                             nullable=False)
+    # what is served: a converted artifact, or (model_id only) the uploaded file itself
+    artifact_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False)  # loading | ready | failed
     reason: Mapped[str | None] = mapped_column(Text)
     runtime: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.catalog import repo
-from app.catalog.tables import Model
+from app.catalog.tables import DEFAULT_PROJECT, Model
 from app.errors import BadRequest, NotFound, ServiceUnavailable
 from app.ingest import archives, blobs
 from app.ingest.inspection import inspect_files
@@ -133,11 +133,12 @@ def _manifest_digest(entries: list[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
-    """Check, store and record an upload. Returns (model, created). Blocking: run in a thread."""
+def ingest(up: Upload, settings, db, store, project: str = DEFAULT_PROJECT) -> tuple[Model, bool]:
+    """Check, store and record an upload as ``project``'s. Returns (model, created): the same bytes
+    uploaded again to the same project give its model. Blocking: run in a thread."""
     prep = prepare(up, settings)
     with db.session() as s:
-        existing = repo.get_model_by_digest(s, prep.digest)
+        existing = repo.get_model_by_digest(s, prep.digest, project)
         if existing is not None:
             return existing, False
     inspection = inspect_files(
@@ -165,8 +166,10 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
         primary = inspection.get("primary_file") or prep.files[0]["path"]
         default_name = (up.name or _strip_archive_ext(up.original_filename or primary.rsplit("/", 1)[-1]))
         with db.session() as s:
+            repo.ensure_project(s, project)
             model = repo.add_model(
                 s,
+                project_id=project,
                 files=prep.files,
                 digest=prep.digest,
                 name=default_name[:255],
@@ -184,17 +187,17 @@ def ingest(up: Upload, settings, db, store) -> tuple[Model, bool]:
     except Exception as exc:
         with db.session() as s:  # the sweep keeps whatever something else (a concurrent winner) references
             blobs.release(s, digests)
-            winner = repo.get_model_by_digest(s, prep.digest) if repo.is_unique_violation(exc) else None
+            winner = repo.get_model_by_digest(s, prep.digest, project) if repo.is_unique_violation(exc) else None
         if winner is not None:  # the same bytes landed concurrently: that one wins
             return winner, False
         raise
 
 
-def delete(db, store, model_id: str) -> None:
+def delete(db, store, model_id: str, project: str | None = None) -> None:
     """The model, its jobs, artifacts and checks; its bytes go after the grace period (the sweep),
     its benchmark reports now."""
     with db.session() as s:
-        model = repo.get_model(s, model_id)
+        model = repo.get_model(s, model_id, project)
         if model is None:
             raise NotFound(f"no model with id '{model_id}'", code="model_not_found", detail={"model_id": model_id})
         reports = repo.benchmark_keys(s, [a.id for a in repo.list_artifacts(s, model.id)])

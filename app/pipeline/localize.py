@@ -7,8 +7,12 @@ the op that produced it, its error, and the last matching tensor upstream of it:
 
     {"status": "found" | "not_found" | "unsupported", "reason": str, "compared": int,
      "first": {"tensor", "op_type", "node", "max_abs_err", "min_atol_to_pass", "reference_range",
-               "candidate_range", "cosine_similarity", "why"} | None,
-     "last_matching": {"tensor", "op_type", "node"} | None, "notes": [str], "seconds": float}
+               "candidate_range", "cosine_similarity", "shape", "elements_outside", "why"} | None,
+     "last_matching": {"tensor", "op_type", "node"} | None, "transient": [str], "notes": [str],
+     "seconds": float}
+
+(ranges are ``[min, max]``, non-finite ends as the strings "inf" / "-inf" / "nan"; everything is
+JSON-safe.)
 
 Supported pairs
 ===============
@@ -44,14 +48,24 @@ Per tensor, the profile's numbers (:func:`app.pipeline.validation.resolve_tolera
 overrides keyed by tensor name apply): elementwise ``|c - r| <= max(atol, atol_scale*max|r|) +
 rtol*|r|``; for profiles with ``min_cosine`` (int8) cosine similarity ``>= min_cosine`` instead (a
 tensor that also passes elementwise passes). A non-finite candidate value where the reference is
-finite (fp16 overflow to inf) diverges, as does a shape change. The first diverging tensor in
-topological order has all its compared ancestors matching by construction; ``last_matching`` is
-the latest matching compared tensor before it that is also its ancestor (producer edges of the
-reference graph).
+finite (fp16 overflow to inf) diverges, as does a shape change.
+
+A divergence counts only if it *propagates*: the nearest compared tensors downstream of it (through
+the reference graph's consumers) diverge too, for ``_CONFIRM_DEPTH`` levels or until nothing
+downstream can be compared. One whose downstream tensors match again is listed in ``transient`` and
+not reported: that is what a name moved by a fusion looks like (OpenVINO folds BatchNormalization's
+scale into a depthwise convolution and leaves the convolution's ONNX name on the scaled result), and
+what a difference that does not matter looks like (an fp16 rounding that a Relu or a pooling erases).
+The first propagating divergence in topological order has all its compared ancestors matching;
+``last_matching`` is the latest matching compared tensor before it that is also its ancestor
+(producer edges of the reference graph).
 
 The instrumented runs are not the runs that failed validation: graph optimisations are off (ONNX)
 and exposing a tensor stops the runtime fusing across it, so a failure that only comes from an
-optimised kernel gives ``"not_found"``, which the reason says."""
+optimised kernel gives ``"not_found"``, which the reason says. Note that ONNX Runtime's CPU provider
+on x86 has few float16 kernels: it runs islands of fp16 nodes in float32 and casts at their borders,
+so an exposed fp16 tensor holds the float32 value rounded to fp16 (inf past 65504) while the run
+itself may not overflow there; the propagation check keeps such local differences out."""
 
 from __future__ import annotations
 
@@ -66,6 +80,10 @@ _FLOAT_ELEM_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, 
 _ONNX_NP = {1: "float32", 10: "float16", 11: "float64", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16",
             6: "int32", 7: "int64", 9: "bool", 12: "uint32", 13: "uint64"}
 _EXT_DIR_KEY = "session.model_external_initializers_file_folder_path"
+# a divergence counts once it carries on through this many levels of compared tensors downstream
+# (or reaches the end of what can be compared): a tensor whose name moved onto another value in a
+# fusion differs alone, and its consumer matches again
+_CONFIRM_DEPTH = 3
 
 
 class _Unsupported(Exception):
@@ -322,54 +340,69 @@ def _range(a: np.ndarray) -> list[float | str] | None:
     return [_num(np.nanmin(a)), _num(np.nanmax(a))]
 
 
+def _cosine(av: np.ndarray, bv: np.ndarray) -> float | None:
+    na, nb = float(np.sqrt(np.dot(av, av))), float(np.sqrt(np.dot(bv, bv)))
+    cos = 1.0 if na == nb == 0.0 else (0.0 if na == 0.0 or nb == 0.0 else float(np.dot(av, bv)) / (na * nb))
+    return cos if math.isfinite(cos) else None
+
+
 def _judge(ref: np.ndarray, cand: np.ndarray, crit: dict[str, Any]) -> dict[str, Any]:
-    """Does ``cand`` match ``ref`` under ``crit``? ``passed``, ``why`` and the error numbers."""
-    a = ref.astype(np.float64)
+    """Does ``cand`` match ``ref`` under ``crit``? ``passed``, ``why`` and the error numbers (value
+    ranges and cosine only where they are needed: a failure, or a cosine criterion)."""
     r: dict[str, Any] = {"max_abs_err": None, "min_atol_to_pass": None, "cosine_similarity": None,
-                         "reference_range": _range(a), "candidate_range": None,
-                         "shape": list(ref.shape), "outside": None}
+                         "reference_range": None, "candidate_range": None, "shape": list(ref.shape),
+                         "outside": None}
+    a = ref.astype(np.float64).ravel()
+
+    def fail(why: str, **extra) -> dict[str, Any]:
+        return {**r, "reference_range": _range(a), "candidate_range": _range(b) if b is not None else None,
+                **extra, "passed": False, "why": why}
+
+    b = None
     if ref.shape != cand.shape:
-        return {**r, "passed": False,
-                "why": f"shape changed: reference {list(ref.shape)} vs candidate {list(cand.shape)}"}
-    b = cand.astype(np.float64)
-    r["candidate_range"] = _range(b)
+        return fail(f"shape changed: reference {list(ref.shape)} vs candidate {list(cand.shape)}")
+    b = cand.astype(np.float64).ravel()
     fa, fb = np.isfinite(a), np.isfinite(b)
-    both = fa & fb
-    d = np.abs(a[both] - b[both])
-    aref = np.abs(a[both])
+    finite = bool(fa.all() and fb.all())
+    if finite:
+        av, bv = a, b
+    else:
+        both = fa & fb
+        av, bv = a[both], b[both]
+    d = np.abs(av - bv)
+    aref = np.abs(av)
     if d.size:
         r["max_abs_err"] = float(d.max())
         r["min_atol_to_pass"] = float(max(0.0, float(np.max(d - crit["rtol"] * aref))))
-    bad = fa & ~fb
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        return {**r, "passed": False, "min_atol_to_pass": None, "outside": int(bad.sum()),
-                "why": f"candidate is non-finite in {int(bad.sum())} of {a.size} elements where the reference is "
-                       f"finite (first at flat index {i}: reference {float(a.flat[i]):.6g} vs candidate "
-                       f"{float(b.flat[i])})"}
-    odd = ~fa & ~((np.isnan(a) & np.isnan(b)) | (a == b))
-    if odd.any():
-        return {**r, "passed": False, "min_atol_to_pass": None,
-                "why": f"the reference's NaN/Inf are not matched in {int(odd.sum())} element(s)"}
+    if not finite:
+        bad = fa & ~fb
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            return fail(f"candidate is non-finite in {int(bad.sum())} of {a.size} elements where the reference is "
+                        f"finite (first at flat index {i}: reference {a[i]:.6g} vs candidate {b[i]})",
+                        min_atol_to_pass=None, outside=int(bad.sum()))
+        odd = ~fa & ~((np.isnan(a) & np.isnan(b)) | (a == b))
+        if odd.any():
+            return fail(f"the reference's NaN/Inf are not matched in {int(odd.sum())} element(s)",
+                        min_atol_to_pass=None, outside=int(odd.sum()))
     if not d.size:
         return {**r, "passed": True, "why": "no finite elements to compare"}
     atol_eff = max(crit["atol"], crit["atol_scale"] * float(aref.max()))
     viol = d > atol_eff + crit["rtol"] * aref
-    elementwise_ok = not viol.any()
-    r["outside"] = int(viol.sum())
-    na, nb = float(np.linalg.norm(a[both])), float(np.linalg.norm(b[both]))
-    cos = 1.0 if na == nb == 0.0 else (0.0 if na == 0.0 or nb == 0.0 else float(np.dot(a[both], b[both])) / (na * nb))
-    r["cosine_similarity"] = cos if math.isfinite(cos) else None
+    r["outside"] = int(np.count_nonzero(viol))
+    elementwise_ok = r["outside"] == 0
     if crit.get("min_cosine") is not None:
-        ok = elementwise_ok or (r["cosine_similarity"] is not None and cos >= crit["min_cosine"])
-        why = (f"cosine similarity {cos:.6f} {'>=' if ok else '<'} {crit['min_cosine']}"
-               f" (max_abs_err {r['max_abs_err']:.3g})")
-        return {**r, "passed": ok, "why": why}
-    why = (f"{int(viol.sum())} of {d.size} elements outside atol {atol_eff:.3g} + rtol {crit['rtol']:.3g}*|ref| "
-           f"(max_abs_err {r['max_abs_err']:.3g}, min_atol_to_pass {r['min_atol_to_pass']:.3g})"
-           if not elementwise_ok else f"max_abs_err {r['max_abs_err']:.3g} within atol {atol_eff:.3g} + "
-                                      f"rtol {crit['rtol']:.3g}*|ref|")
-    return {**r, "passed": elementwise_ok, "why": why}
+        cos = r["cosine_similarity"] = _cosine(av, bv)
+        ok = elementwise_ok or (cos is not None and cos >= crit["min_cosine"])
+        why = (f"cosine similarity {cos if cos is not None else float('nan'):.6f} {'>=' if ok else '<'} "
+               f"{crit['min_cosine']} (max_abs_err {r['max_abs_err']:.3g})")
+        return {**r, "passed": True, "why": why} if ok else fail(why)
+    if elementwise_ok:
+        return {**r, "passed": True, "why": f"max_abs_err {r['max_abs_err']:.3g} within atol {atol_eff:.3g} + "
+                                            f"rtol {crit['rtol']:.3g}*|ref|"}
+    r["cosine_similarity"] = _cosine(av, bv)
+    return fail(f"{r['outside']} of {d.size} elements outside atol {atol_eff:.3g} + rtol {crit['rtol']:.3g}*|ref| "
+                f"(max_abs_err {r['max_abs_err']:.3g}, min_atol_to_pass {r['min_atol_to_pass']:.3g})")
 
 
 # ------------------------------------------------------------------------------------- search
@@ -454,29 +487,31 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
         return [t for t, v in verdicts.items() if v.get("passed") is False]
 
     def classify() -> dict[str, str]:
-        """Each diverged tensor: "confirmed" (the divergence reaches the next compared tensors
-        downstream, or nothing downstream can tell), "transient" (everything downstream matches
-        again: a name that moved in a fusion, or a harmless difference) or "pending" (downstream not
-        compared yet)."""
-        memo: dict[str, str] = {}
+        """Each diverged tensor: "confirmed" (the divergence carries on through the next
+        ``_CONFIRM_DEPTH`` levels of compared tensors downstream, or to where nothing downstream can
+        tell), "transient" (the compared tensors downstream match again: a name that moved in a
+        fusion, or a harmless difference) or "pending" (downstream not compared yet)."""
+        memo: dict[tuple[str, int], str] = {}
 
-        def state(t: str) -> str:
-            if t in memo:
-                return memo[t]
+        def state(t: str, depth: int) -> str:
+            if depth == 0:
+                return "confirmed"
+            if (t, depth) in memo:
+                return memo[t, depth]
             subs = set()
             for u in front(t):
                 v = verdicts.get(u)
                 if v is None:
                     subs.add("pending")
                 elif v.get("passed") is False:
-                    subs.add(state(u))
+                    subs.add(state(u, depth - 1))
                 elif v.get("passed"):
                     subs.add("match")
-            memo[t] = ("confirmed" if "confirmed" in subs or not subs else
-                       "pending" if "pending" in subs else "transient")
-            return memo[t]
+            memo[t, depth] = ("confirmed" if "confirmed" in subs or not subs else
+                              "pending" if "pending" in subs else "transient")
+            return memo[t, depth]
 
-        return {t: state(t) for t in diverged()}
+        return {t: state(t, _CONFIRM_DEPTH) for t in diverged()}
 
     def unresolved(t: str, states: dict[str, str]) -> list[str]:
         """The uncompared tensors that would settle a pending divergence at ``t``."""
@@ -531,7 +566,8 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
                 return done("unsupported", f"the instrumented {who} failed to run: {type(e).__name__}: {e}")
         ref_out, cand_out = outs
         passes += 1
-        for t in chosen:
+        watched: set[str] = {u for t in diverged() for u in front(t)}
+        for k, t in enumerate(chosen):
             r, c = ref_out.get(t), cand_out.get(t)
             if r is None or c is None:
                 skipped += 1
@@ -543,8 +579,19 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
                 continue
             verdicts[t] = _judge(r, c, tol.for_output(t))
             state["compared"] += 1
-            # stop once a divergence is confirmed: nothing later in the order can be the first
-            if diverged() and "confirmed" in classify().values():
+            if verdicts[t]["passed"]:
+                if t not in watched:
+                    continue
+            else:
+                watched |= front(t)
+            # stop once a confirmed divergence makes the rest of this run's tensors irrelevant
+            now = classify()
+            first_confirmed = min((position[u] for u, st in now.items() if st == "confirmed"), default=None)
+            if first_confirmed is None:
+                continue
+            needed = {u for d, st in now.items() if st == "pending" and position[d] < first_confirmed
+                      for u in unresolved(d, now)}
+            if all(position[u] >= first_confirmed and u not in needed for u in chosen[k + 1:]):
                 break
         del ref_out, cand_out, outs
         last_pass_s = time.perf_counter() - ts

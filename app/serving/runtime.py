@@ -87,6 +87,21 @@ def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int]]:
         return None, {}
 
 
+def qualified(project: str, name: str) -> str:
+    """The cache's key for a deployment name of a project (the default project's names as they are;
+    names cannot hold '/', so the two never collide)."""
+    from app.catalog.tables import DEFAULT_PROJECT
+
+    return name if project == DEFAULT_PROJECT else f"{project}/{name}"
+
+
+def split_name(qname: str) -> tuple[str, str]:
+    from app.catalog.tables import DEFAULT_PROJECT
+
+    project, sep, name = qname.rpartition("/")
+    return (project, name) if sep else (DEFAULT_PROJECT, qname)
+
+
 class ModelCache:
     def __init__(self, settings, db, store, metrics=None):
         self.settings, self.db, self.store, self.metrics = settings, db, store, metrics
@@ -112,10 +127,11 @@ class ModelCache:
         now = time.monotonic()
         if hit and not fresh and now - hit[0] < self.FRESH_S:
             return hit[1]
+        project, bare = split_name(name)
         with self.db.session() as s:
             rows = [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
                      "runtime": d.runtime, "batching": d.batching, "reason": d.reason}
-                    for d in repo.deployment_versions(s, name)]
+                    for d in repo.deployment_versions(s, bare, project)]
         self._names[name] = (now, rows)
         ids = {r["id"] for r in rows}
         with self.lock:  # versions deleted through another replica: let go of their runners here too
@@ -181,6 +197,7 @@ class ModelCache:
 
     @staticmethod
     def _pick(name: str, rows: list[dict[str, Any]], version: str | int | None) -> dict[str, Any]:
+        name = split_name(name)[1]  # messages name the deployment as its project knows it
         if not rows:
             raise ServingError(404, f"no deployment named '{name}'", "deployment_not_found")
         if version not in (None, ""):
@@ -239,13 +256,17 @@ class ModelCache:
             d = repo.get_deployment(s, deployment_id)
             if d is None:
                 raise ServingError(404, "deployment was deleted", "deployment_not_found")
-            art = repo.get_artifact(s, d.artifact_id)
-            files = [(f.path, f.sha256) for f in art.files]
-            fmt, primary, size = art.format, art.primary_file, art.size_bytes
-            name, version, runtime, batching = d.name, d.version, dict(d.runtime), dict(d.batching)
-        folder = self.root / art.id
+            # a converted artifact, or the uploaded model itself (deployed by model_id)
+            src = repo.get_artifact(s, d.artifact_id) if d.artifact_id else repo.get_model(s, d.model_id)
+            if src is None:
+                raise ServingError(404, "what this deployment serves was deleted", "deployment_not_found")
+            files = [(f.path, f.sha256) for f in src.files]
+            fmt, primary, size, src_id = src.format, src.primary_file, src.size_bytes, src.id
+            name, version, runtime, batching = qualified(d.project_id, d.name), d.version, dict(d.runtime), \
+                dict(d.batching)
+        folder = self.root / src_id
         if not (folder / ".complete").exists():
-            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{art.id}-"))
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{src_id}-"))
             try:
                 for path, sha in files:
                     dest = tmp / path
