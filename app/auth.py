@@ -132,6 +132,27 @@ def create_key(db, settings, *, project: str, scope: str, name: str = "",
     raise RuntimeError("could not draw an unused key id")
 
 
+def ensure_admin_key(db, settings) -> str | None:
+    """``MODELPORT_ADMIN_KEY`` (a key made elsewhere, e.g. a compose secret) as an admin key of
+    ``MODELPORT_ADMIN_PROJECT``, unless its id exists already; its id, or None when unset."""
+    token = settings.admin_key
+    if not token:
+        return None
+    m = KEY.match(token.strip())
+    if m is None:
+        raise ValueError("MODELPORT_ADMIN_KEY must look like mp_<8 hex digits>_<20+ characters of [A-Za-z0-9_-]>; "
+                         "make one with: python -c \"import secrets; print(f'mp_{secrets.token_hex(4)}_"
+                         "{secrets.token_urlsafe(32)}')\"")
+    key_id, body = m.groups()
+    project = check_project(settings.admin_project)
+    with db.session() as s:
+        if repo.get_key(s, key_id) is None:
+            repo.ensure_project(s, project)
+            repo.add_key(s, id=key_id, project_id=project, name="admin key from MODELPORT_ADMIN_KEY",
+                         secret_hash=_hash(server_secret(settings), body), scopes=["admin"])
+    return key_id
+
+
 def list_keys(db, project: str | None = None) -> list[dict[str, Any]]:
     with db.session() as s:
         return [key_view(k) for k in repo.list_keys(s, project)]

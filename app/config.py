@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # authentication: "auto" = on as soon as one API key exists; "required" = on even with none
     auth: Literal["auto", "required"] = "auto"
     secret_key: str | None = None  # HMAC key for API key hashes; default: <data_dir>/secret-key (made once, 0600)
+    admin_key: str | None = None  # an mp_<id>_<secret> key made an admin key of admin_project at start (compose)
+    admin_project: str = "default"
 
     s3_endpoint_url: str | None = None
     s3_access_key_id: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -61,3 +61,16 @@ def valid_model(model_id: str, db: DatabaseDep, principal: PrincipalDep) -> Mode
 
 
 ModelDep = Annotated[Model, Depends(valid_model)]
+
+
+def valid_artifact(artifact_id: str, db: DatabaseDep, principal: PrincipalDep):
+    """The artifact, if the caller's project owns it (a dependency: 404 before the body is read)."""
+    with db.session() as s:
+        art = repo.get_artifact(s, artifact_id, principal.project)
+        if art is None:
+            raise NotFound(f"no artifact with id '{artifact_id}'", code="artifact_not_found",
+                           detail={"artifact_id": artifact_id})
+        return art
+
+
+ArtifactDep = Annotated[Any, Depends(valid_artifact)]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep, ModelDep, PrincipalDep, SettingsDep, StoreDep
+from app.api.deps import ArtifactDep, DatabaseDep, ModelDep, PrincipalDep, SettingsDep, StoreDep
 from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
@@ -89,15 +89,6 @@ def job_logs(job_id: str, db: DatabaseDep, principal: PrincipalDep):
     return PlainTextResponse("\n".join(parts))
 
 
-def _artifact(db, artifact_id: str, project: str):
-    with db.session() as s:
-        art = repo.get_artifact(s, artifact_id, project)
-        if art is None:
-            raise NotFound(f"no artifact with id '{artifact_id}'", code="artifact_not_found",
-                           detail={"artifact_id": artifact_id})
-        return art
-
-
 def _presigned(store, art) -> str | None:
     if art.file_count != 1:
         return None
@@ -111,14 +102,12 @@ def _checks(db, artifact_ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 @router.get("/v1/artifacts/{artifact_id}")
-def get_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep):
-    art = _artifact(db, artifact_id, principal.project)
+def get_artifact(art: ArtifactDep, db: DatabaseDep, store: StoreDep):
     return artifact_out(art, _presigned(store, art), **_checks(db, [art.id])[art.id])
 
 
 @router.get("/v1/artifacts/{artifact_id}/validations")
-def list_validations(artifact_id: str, db: DatabaseDep, principal: PrincipalDep):
-    _artifact(db, artifact_id, principal.project)
+def list_validations(artifact_id: str, art: ArtifactDep, db: DatabaseDep):
     with db.session() as s:
         return {"items": [validation_out(v) for v in repo.validations_of(s, artifact_id)]}
 
@@ -133,9 +122,8 @@ class BenchmarkRequest(BaseModel):
 
 
 @router.post("/v1/artifacts/{artifact_id}/benchmarks", status_code=202)
-async def run_benchmark(artifact_id: str, body: BenchmarkRequest, request: Request, db: DatabaseDep,
-                        settings: SettingsDep, principal: PrincipalDep):
-    _artifact(db, artifact_id, principal.project)
+async def run_benchmark(artifact_id: str, art: ArtifactDep, body: BenchmarkRequest, request: Request,
+                        db: DatabaseDep, settings: SettingsDep):
     job, created = await anyio.to_thread.run_sync(
         lambda: jobs.create_benchmark_job(db, request.app.state.dispatcher, settings, artifact_id,
                                           body.model_dump()))
@@ -143,15 +131,13 @@ async def run_benchmark(artifact_id: str, body: BenchmarkRequest, request: Reque
 
 
 @router.get("/v1/artifacts/{artifact_id}/benchmarks")
-def list_benchmarks(artifact_id: str, db: DatabaseDep, principal: PrincipalDep):
-    _artifact(db, artifact_id, principal.project)
+def list_benchmarks(artifact_id: str, art: ArtifactDep, db: DatabaseDep):
     with db.session() as s:
         return {"items": [benchmark_out(b) for b in repo.benchmarks_of(s, artifact_id)]}
 
 
 @router.get("/v1/artifacts/{artifact_id}/download")
-def download_artifact(artifact_id: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep):
-    art = _artifact(db, artifact_id, principal.project)
+def download_artifact(art: ArtifactDep, store: StoreDep):
     if art.file_count == 1:
         f = art.files[0]
         return StreamingResponse(store.iter_chunks(blob_key(f.sha256)), media_type="application/octet-stream",
