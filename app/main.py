@@ -52,9 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.models = ModelCache(settings, db, app.state.store, app.state.metrics)
         if settings.serving_load == "eager":
             await _load_all(app)
+        import threading
+
+        from app.pipeline import callbacks
+
+        stop = threading.Event()
+        callbacks.start_sender(db, stop)
         try:
             yield
         finally:
+            stop.set()
             await app.state.models.close()
             if executor is not None:
                 executor.stop()

@@ -36,15 +36,21 @@ class ConversionRequest(BaseModel):
     tolerance: dict[str, Any] | None = Field(
         default=None, description='overrides of the validation profile: {"atol": .., "rtol": .., '
         '"outputs": {"name": {...}}}')
+    callback_url: str | None = Field(default=None, description="POSTed (signed) when the job ends")
+    callback_secret: str | None = Field(default=None, description="16+ characters: the HMAC-SHA256 key of "
+                                        "X-Modelport-Signature on the callback")
 
 
 @router.post("/v1/models/{model_id}/conversions", status_code=202,
              responses={200: {"description": "the same request was made before: its job"}})
 async def convert(model: ModelDep, body: ConversionRequest, request: Request, db: DatabaseDep, settings: SettingsDep):
+    from app.pipeline import callbacks
+
+    callback = callbacks.check(body.callback_url, body.callback_secret)
     job, created = await anyio.to_thread.run_sync(
         lambda: jobs.create_job(db, request.app.state.dispatcher, settings, model.id, body.target, body.options,
                                 body.input_specs, validate=body.validate_, benchmark=body.benchmark,
-                                tolerance=body.tolerance))
+                                tolerance=body.tolerance, callback=callback))
     return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
@@ -80,6 +86,16 @@ def list_jobs(db: DatabaseDep, principal: PrincipalDep, model_id: str | None = N
 def cancel_job(job_id: str, db: DatabaseDep, principal: PrincipalDep):
     _job(db, job_id, principal.project)
     return job_out(jobs.cancel_job(db, job_id))
+
+
+@router.get("/v1/jobs/{job_id}/callbacks")
+def job_callbacks(job_id: str, db: DatabaseDep, principal: PrincipalDep):
+    """Each signed POST of this job's end: status, attempts, the last error."""
+    from app.pipeline import callbacks
+
+    _job(db, job_id, principal.project)
+    with db.session() as s:
+        return {"items": [callbacks.view(d) for d in repo.deliveries_of(s, job_id)]}
 
 
 @router.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)

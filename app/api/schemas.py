@@ -47,6 +47,7 @@ def job_out(j) -> dict[str, Any]:
         "artifact_id": next((st.output_artifact_id for st in reversed(j.steps) if st.output_artifact_id), None)
         if j.status == "succeeded" else None,
         "error": j.error, "cancel_requested": j.cancel_requested,
+        "callbacks": [cb["url"] for cb in j.callbacks or []],
         "created_at": _iso(j.created_at), "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at),
         "links": {"self": f"/v1/jobs/{j.id}", "logs": f"/v1/jobs/{j.id}/logs"},
     }

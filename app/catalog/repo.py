@@ -13,6 +13,7 @@ from app.catalog.tables import (
     Artifact,
     ArtifactFile,
     Benchmark,
+    CallbackDelivery,
     Deployment,
     Job,
     JobStep,
@@ -379,3 +380,41 @@ def list_keys(s: Session, project: str | None = None) -> list[ApiKey]:
 
 def any_key(s: Session) -> bool:
     return s.scalar(select(ApiKey.id).limit(1)) is not None
+
+
+# ----------------------------------------------------------------------------- callback outbox
+
+
+def due_deliveries(s: Session, now, limit: int) -> list[CallbackDelivery]:
+    return list(s.scalars(select(CallbackDelivery).where(CallbackDelivery.status == "pending",
+                                                         CallbackDelivery.next_attempt_at <= now)
+                          .order_by(CallbackDelivery.next_attempt_at).limit(limit)))
+
+
+def claim_delivery(s: Session, delivery_id: str, attempts: int, lease_until) -> CallbackDelivery | None:
+    """Take a due delivery if nobody else did (its attempt counter unchanged); it is leased until
+    ``lease_until``, when a sender that died is replaced."""
+    taken = s.execute(update(CallbackDelivery)
+                      .where(CallbackDelivery.id == delivery_id, CallbackDelivery.attempts == attempts,
+                             CallbackDelivery.status == "pending")
+                      .values(attempts=attempts + 1, next_attempt_at=lease_until)
+                      .execution_options(synchronize_session=False)).rowcount
+    return s.get(CallbackDelivery, delivery_id) if taken else None
+
+
+def finish_delivery(s: Session, delivery_id: str, status: str, error: str | None, next_at) -> None:
+    from app.catalog.tables import utcnow
+
+    d = s.get(CallbackDelivery, delivery_id)
+    if d is None:
+        return
+    d.status, d.last_error = status, error
+    if next_at is not None:
+        d.next_attempt_at = next_at
+    if status == "delivered":
+        d.delivered_at = utcnow()
+
+
+def deliveries_of(s: Session, job_id: str) -> list[CallbackDelivery]:
+    return list(s.scalars(select(CallbackDelivery).where(CallbackDelivery.job_id == job_id)
+                          .order_by(CallbackDelivery.created_at)))

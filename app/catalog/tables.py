@@ -146,8 +146,32 @@ class Job(TimestampMixin, Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # where to POST when the job ends: [{"url", "secret"}] (several requests may share one job)
+    callbacks: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list, nullable=False)
+
     steps: Mapped[list[JobStep]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobStep.index", lazy="selectin")
+    deliveries: Mapped[list[CallbackDelivery]] = relationship(cascade="all, delete-orphan", lazy="select")
+
+
+class CallbackDelivery(Base):
+    """One signed POST of a job's end to a callback URL: the outbox a sender thread drains, with
+    retries and backoff; a job never waits for it."""
+
+    __tablename__ = "callback_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False)
+    url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    secret: Mapped[str] = mapped_column(String(256), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), index=True, nullable=False, default="pending")  # | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True,
+                                                         nullable=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobStep(TimestampMixin, Base):

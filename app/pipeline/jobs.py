@@ -166,7 +166,8 @@ def check_tolerance(value: dict[str, Any] | None) -> dict[str, Any] | None:
 def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
                options: dict[str, Any] | None, input_specs: dict[str, Any] | None, *, validate: bool = True,
                benchmark: bool | dict[str, Any] | None = True,
-               tolerance: dict[str, Any] | None = None, try_fixes: bool = False) -> tuple[Job, bool]:
+               tolerance: dict[str, Any] | None = None, try_fixes: bool = False,
+               callback: dict[str, str] | None = None) -> tuple[Job, bool]:
     """A conversion job (validated and benchmarked unless told otherwise): (the job, whether it is
     new; the same request while it is still active gives that job). ``try_fixes``: when the final
     artifact's validation fails with a suggested fix (an fp16 mixed-precision variant), request it."""
@@ -184,10 +185,12 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
         key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
         existing = repo.job_by_active_key(s, key)
         if existing is not None:
+            _add_callback(existing, callback)
             return existing, False
         first_status = "queued" if steps[0][2] in live else "waiting_for_hardware"
         job = Job(model_id=model_id, target=target, options=options or {}, input_specs=specs, request_key=key,
-                  active_key=key, status=first_status, plan=[name for _, name, _, _ in steps])
+                  active_key=key, status=first_status, plan=[name for _, name, _, _ in steps],
+                  callbacks=[callback] if callback else [])
         job.steps = [
             JobStep(index=i, kind=kind, edge=name, queue=queue, options=o,
                     status=first_status if i == 0 else "pending", max_attempts=settings.max_attempts, log="")
@@ -199,6 +202,16 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
     dispatcher.enqueue(first.id, first.queue)  # after the commit: the row exists before the message
     with db.session() as s:
         return repo.get_job(s, job.id), True
+
+
+def _add_callback(job: Job, callback: dict[str, str] | None) -> None:
+    """The same request again, with its own callback: notify it too (at once if the job has ended)."""
+    from app.pipeline import callbacks
+
+    if callback and callback not in (job.callbacks or []):
+        job.callbacks = [*(job.callbacks or []), callback]
+        if job.status in repo.TERMINAL:
+            callbacks.enqueue(job, [callback])
 
 
 def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
@@ -249,11 +262,15 @@ def cancel_job(db, job_id: str) -> Job:
 
 
 def _finish(job: Job, status: str, now, error: dict[str, Any] | None = None) -> None:
+    from app.pipeline import callbacks
+
     job.status, job.finished_at = status, now
     if error is not None:
         job.error = error
     if status != "succeeded":
         job.active_key = None  # the same request may be made again
+    if job.callbacks:
+        callbacks.enqueue(job)  # in this transaction: the job's end and its notifications commit together
 
 
 # ----------------------------------------------------------------------------- running
