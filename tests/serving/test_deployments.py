@@ -265,10 +265,10 @@ def test_catalog_lookups_never_block_the_event_loop(server, monkeypatch):
     entered = {"steady": threading.Event(), "never-deployed": threading.Event()}
     release = threading.Event()
 
-    def slow(s, name):  # a catalog that answers only when the test lets it
+    def slow(s, name, *project):  # a catalog that answers only when the test lets it
         entered.setdefault(name, threading.Event()).set()
         assert release.wait(60), "the test never released the catalog"
-        return real(s, name)
+        return real(s, name, *project)
 
     monkeypatch.setattr(runtime.repo, "deployment_versions", slow)
     monkeypatch.setattr(cache, "FRESH_S", 0.0)  # the cached versions of "steady" are due for a refresh
@@ -284,7 +284,7 @@ def test_catalog_lookups_never_block_the_event_loop(server, monkeypatch):
         release.set()
         assert unknown.result(30).status_code == 404
 
-    def down(s, name):
+    def down(s, name, *project):
         raise ConnectionError("catalog down")
 
     deadline = time.monotonic() + 30
