@@ -39,6 +39,10 @@ class ToTfliteOptions(EdgeOptions):
                                  "quantisation (int8 weights, float activations)")
 
 
+class TfToOnnxOptions(EdgeOptions):
+    opset: int = Field(default=17, ge=13, le=21, description="ONNX opset tf2onnx writes")
+
+
 class OnnxToOnnxOptions(EdgeOptions):
     optimize: Literal["none", "basic", "extended"] = Field(
         default="basic", description="onnxruntime graph optimisation level; 'basic' stays portable")
@@ -85,6 +89,16 @@ EDGES: tuple[Edge, ...] = (
          "fp32", requires=("tensorflow",),
          description="Keras 3 (.keras, safe_mode) via model.export, or tf_keras (.h5); builtin ops only; "
                      "models with Lambda bytecode refused"),
+    Edge("savedmodel", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_savedmodel",
+         "fp32", requires=("tf2onnx", "tensorflow"),
+         description="tf2onnx of the serving signature (tf.function), names from the signature, dynamic dims kept"),
+    Edge("keras", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_keras",
+         "fp32", requires=("tf2onnx", "tensorflow"),
+         description="Keras 3 (.keras, safe_mode) via model.export then tf2onnx, or tf_keras (.h5) via "
+                     "tf2onnx.convert.from_keras; models with Lambda bytecode refused"),
+    Edge("tflite", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_tflite",
+         "fp32", requires=("tf2onnx", "tensorflow"),
+         description="tf2onnx's TFLite frontend"),
     Edge("onnx", "onnx", "cpu", "main", OnnxToOnnxOptions, "app.conversion.edges.onnx_opt:transform",
          "fp32", requires=("onnx", "onnxruntime"), variant="transform",
          description="graph optimisation, fp16 or dynamic INT8 quantisation with onnxruntime's tools"),

@@ -106,7 +106,8 @@ def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, A
         if validate:
             # on a host that runs both the artifact and its reference (see _gather: the upload itself when it
             # can run, else the artifact before it); a TensorFlow model runs only under the TF toolchain
-            ref = plan.source if i == 0 or reference_is_upload(plan.source) else plan.edges[i - 1].target
+            made = [plan.source] + [x.target for x in plan.edges[:i]]
+            ref = made[reference_index(made, e.target)]
             queue, _ = runners.check_placement(e.target, ref)
             steps.append(("validate", f"validate:{e.target}", queue,
                           {"profile": registry.tolerance(e, o), "overrides": tolerance,
@@ -115,6 +116,17 @@ def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, A
         if benchmark is not None:
             steps.append(("benchmark", f"benchmark:{e.target}", runners.queue_for(e.target), benchmark))
     return steps
+
+
+def reference_index(made: list[str], target: str) -> int:
+    """Which of ``made`` (the upload's format, then each artifact's before this one) a new
+    ``target`` artifact is proven against: the upload when it can run (or is weights only) and one
+    interpreter runs both, else the artifact just before it."""
+    from app import runners
+
+    if len(made) == 1 or (reference_is_upload(made[0]) and runners.together(target, made[0])):
+        return 0
+    return len(made) - 1
 
 
 def reference_is_upload(fmt: str) -> bool:
@@ -365,11 +377,12 @@ def _gather(s, job: Job, step: JobStep) -> StepInputs:
     art = repo.get_artifact(s, made.output_artifact_id)
     out = StepInputs(FileSet.of(art), parent=art.id, artifact_id=art.id, io_hints=hints)
     if step.kind == "validate":
-        earlier = [x for x in converts if x.index < made.index]
-        if reference_is_upload(model.format) or not earlier:  # the uploaded model itself, when it can run
+        earlier = [repo.get_artifact(s, x.output_artifact_id) for x in converts if x.index < made.index]
+        k = reference_index([model.format, *(a.format for a in earlier)], art.format)
+        if k == 0:  # the uploaded model itself, when it can run
             out.reference, out.reference_id = FileSet.of(model), f"model:{model.id}"
         else:
-            ref = repo.get_artifact(s, earlier[-1].output_artifact_id)
+            ref = earlier[k - 1]
             out.reference, out.reference_id = FileSet.of(ref), f"artifact:{ref.id}"
         out.samples = model.samples_sha256
     return out

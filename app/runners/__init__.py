@@ -69,6 +69,16 @@ def check_placement(candidate: str, reference: str | None = None) -> tuple[str, 
     return queue_for(candidate), "main"
 
 
+def together(candidate: str, reference: str) -> bool:
+    """Whether one interpreter runs both (so the reference can be compared with the candidate):
+    a TensorFlow upload with its TFLite or ONNX artifact, yes (the TF toolchain has LiteRT and ONNX
+    Runtime); with an OpenVINO artifact, no."""
+    a, b = runtime_of(candidate), runtime_of(reference)
+    if a is None or b is None:
+        return True  # weights only on either side: compared as tensors, no runtime
+    return bool(a.toolchains & b.toolchains)
+
+
 def runtimes() -> dict[str, Runtime]:
     """Every declared runtime, by runner module."""
     out = {}
@@ -88,5 +98,5 @@ def open_runner(fmt: str, root: Path, paths: list[str], primary: str, *, precisi
     return module.load(root, paths, primary, precision=precision, threads=threads, fmt=fmt, **kw)
 
 
-__all__ = ["HARDWARE_NEEDS", "Runner", "RunnerUnavailable", "Runtime", "check_placement", "open_runner",
+__all__ = ["HARDWARE_NEEDS", "Runner", "RunnerUnavailable", "Runtime", "check_placement", "open_runner", "together",
            "queue_for", "runnable", "runner_module", "runtime_of", "runtimes", "toolchain_for", "weights_only"]

@@ -25,6 +25,11 @@ class Runtime:
     toolchain: str = "main"  # the interpreter that has it ("tf": the TensorFlow toolchain)
     precision: str = "fp32"  # what validation pins it to (e.g. OpenVINO INFERENCE_PRECISION_HINT=f32)
     packages: tuple[str, ...] = ()  # distributions whose versions go into benchmark host records
+    also_in: tuple[str, ...] = ()  # other toolchains whose interpreter has it too (a reference there can be compared)
+
+    @property
+    def toolchains(self) -> frozenset[str]:
+        return frozenset((self.toolchain, *self.also_in))
 
     @property
     def queue(self) -> str:

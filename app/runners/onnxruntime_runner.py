@@ -13,7 +13,8 @@ import numpy as np
 
 from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
 
-RUNTIME = Runtime("onnxruntime", module="onnxruntime", hardware="cpu", packages=("onnxruntime", "onnxruntime-gpu"))
+RUNTIME = Runtime("onnxruntime", module="onnxruntime", hardware="cpu", packages=("onnxruntime", "onnxruntime-gpu"),
+                  also_in=("tf",))  # onnx2tf brings it into the TF toolchain
 
 _TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

@@ -19,7 +19,8 @@ import numpy as np
 
 from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
 
-RUNTIME = Runtime("litert", module="ai_edge_litert", hardware="cpu", packages=("ai-edge-litert", "tflite-runtime"))
+RUNTIME = Runtime("litert", module="ai_edge_litert", hardware="cpu", packages=("ai-edge-litert", "tflite-runtime"),
+                  also_in=("tf",))
 
 _QUANT = {"int8", "uint8", "int16"}
 
