@@ -181,17 +181,18 @@ def run_model(client, label: str, spec: str, paths, filename: str, job_timeout_s
         for j in sorted(jobs, key=lambda j: j["created_at"] or ""):
             err = j.get("error") or {}
             failed_step = next((st for st in j["steps"] if st["status"] == "failed"), None)
-            secs = sum(st["seconds"] or 0 for st in j["steps"])
+            secs = sum(step_seconds(st) for st in j["steps"])
             out["jobs"].append({
                 "id": j["id"], "target": j["target"], "options": j["options"], "plan": j["plan"],
                 "status": "timeout" if j["id"] in timed_out else j["status"],
                 "fix_job": j["id"] not in requested_ids,
                 "failed_step": failed_step["kind"] if failed_step else None,
                 "error": cut(err.get("message")) if err else None,
+                "lacks_runnable_inputs": lacks_samples(err.get("message")) if err else False,
                 "error_hint": cut(err.get("hint")) if err else None,
                 "error_tool": err.get("tool") if err else None,
-                "steps": [{"kind": st["kind"], "edge": st["edge"], "status": st["status"], "seconds": st["seconds"]}
-                          for st in j["steps"]],
+                "steps": [{"kind": st["kind"], "edge": st["edge"], "status": st["status"],
+                           "seconds": round(step_seconds(st), 2)} for st in j["steps"]],
                 "step_seconds": round(secs, 2),
             })
 
@@ -207,6 +208,7 @@ def run_model(client, label: str, spec: str, paths, filename: str, job_timeout_s
                 "validation": v.get("status") if v else None,
                 "validation_crashed": bool(report.get("error")),
                 "reason": cut(v.get("reason")) if v else None,
+                "lacks_samples": lacks_samples(v.get("reason")) if v else False,
                 "max_abs_err": v.get("max_abs_err") if v else None,
                 "warnings": [cut(w) for w in (a.get("warnings") or [])][:5],
             })
@@ -218,8 +220,23 @@ def run_model(client, label: str, spec: str, paths, filename: str, job_timeout_s
     return out
 
 
+def step_seconds(st: dict[str, Any]) -> float:
+    """What the step itself took: its recorded seconds, else (a failed step records none) its
+    start-to-finish time."""
+    if st.get("seconds") is not None:
+        return float(st["seconds"])
+    if st.get("started_at") and st.get("finished_at"):
+        from datetime import datetime
+
+        return (datetime.fromisoformat(st["finished_at"]) - datetime.fromisoformat(st["started_at"])).total_seconds()
+    return 0.0
+
+
 def lacks_samples(reason: str | None) -> bool:
-    return bool(reason) and "sample" in reason.lower()
+    """A verdict (or a failure) that comes from the upload not running on any generated input: what
+    uploading sample inputs would fix. Judged on the full reason, not the 200 characters kept."""
+    r = (reason or "").lower()
+    return "sample" in r or "ran on none of" in r or "cannot run on generated inputs" in r
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,7 +263,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "real_verdict_share_excluding_crashed_validations":
             round((count["passed"] + count["failed"] - crashed) / total, 4) if total else None,
         "skipped_for_lack_of_samples": sum(1 for a in arts if a["validation"] == "skipped"
-                                           and lacks_samples(a["reason"])),
+                                           and a.get("lacks_samples", lacks_samples(a["reason"]))),
+        "conversions_failed_for_lack_of_runnable_inputs": sum(
+            1 for _, j in jobs if j["status"] == "failed" and j.get("lacks_runnable_inputs", lacks_samples(j["error"]))),
         "onnx_to_tflite_attempts": len(o2t),
         "onnx_to_tflite_succeeded": len(o2t_ok),
         "onnx_to_tflite_success_share": round(len(o2t_ok) / len(o2t), 4) if o2t else None,
@@ -263,8 +282,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def opts(o: dict | None) -> str:
-    return ",".join(f"{k}={v}" for k, v in (o or {}).items()) or "-"
+def opts(o: dict | None, width: int = 60) -> str:
+    text = ",".join(f"{k}={v}" for k, v in (o or {}).items()) or "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def print_model(r: dict[str, Any]) -> None:
@@ -307,7 +327,8 @@ def print_summary(s: dict[str, Any], results: list[dict[str, Any]], wall: float)
           f"no validation {s['no_validation']}")
     print(f"real-verdict share (passed+failed)/artifacts: {s['real_verdict_share']}"
           f"   (excluding crashed validations: {s['real_verdict_share_excluding_crashed_validations']})")
-    print(f"skipped for lack of samples: {s['skipped_for_lack_of_samples']}")
+    print(f"skipped for lack of samples: {s['skipped_for_lack_of_samples']}   conversions failed because the upload "
+          f"ran on no generated input: {s['conversions_failed_for_lack_of_runnable_inputs']}")
     print(f"ONNX->TFLite: {s['onnx_to_tflite_succeeded']}/{s['onnx_to_tflite_attempts']} succeeded "
           f"(share {s['onnx_to_tflite_success_share']}); their validation: {s['onnx_to_tflite_validation']}")
     print(f"jobs: {s['jobs']}  succeeded {s['jobs_succeeded']}  conversion failed {s['conversion_jobs_failed']}  "
@@ -335,7 +356,16 @@ def main() -> int:
                     help="seconds: the service's per-step limit, and the per-job allowance of a model's wait")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     ap.add_argument("--list", action="store_true", help="print the models and exit")
+    ap.add_argument("--summarize", metavar="JSON", help="print the tables and summary of an earlier --out file, "
+                    "run nothing")
     args = ap.parse_args()
+    if args.summarize:
+        doc = json.loads(Path(args.summarize).read_text())
+        print(f"{args.summarize}: commit {doc.get('commit')}  app {doc.get('app')}  started {doc.get('started')}")
+        for r in doc["models"]:
+            print_model(r)
+        print_summary(summarize(doc["models"]), doc["models"], doc.get("wall_s") or 0)
+        return 0
 
     models = MODELS
     if args.only:
@@ -349,9 +379,9 @@ def main() -> int:
             print(*m, sep="  ")
         return 0
 
-    import app
     from fastapi.testclient import TestClient
 
+    import app
     from app.config import Settings
     from app.main import create_app
 

@@ -39,6 +39,14 @@ class ToTfliteOptions(EdgeOptions):
                                  "quantisation (int8 weights, float activations)")
 
 
+class ToCoreMLOptions(EdgeOptions):
+    precision: Precision = Field(default="fp32", description="fp32 or fp16 compute; int8: fp16 compute, int8 "
+                                 "weights (linear quantisation)")
+    palettize_bits: int | None = Field(default=None, ge=1, le=8, description="weights as a k-means lookup table "
+                                       "of this many bits (coremltools.optimize palettization)")
+    minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
+
+
 class TfToOnnxOptions(EdgeOptions):
     opset: int = Field(default=17, ge=13, le=21, description="ONNX opset tf2onnx writes")
 
@@ -89,6 +97,10 @@ EDGES: tuple[Edge, ...] = (
          "fp32", requires=("tensorflow",),
          description="Keras 3 (.keras, safe_mode) via model.export, or tf_keras (.h5); builtin ops only; "
                      "models with Lambda bytecode refused"),
+    Edge("torch_export", "coreml", "cpu", "main", ToCoreMLOptions, "app.conversion.edges.coreml:from_program",
+         "fp32", requires=("coremltools", "torch"),
+         description="coremltools.convert of the ExportedProgram (ML Program); fp16 / int8 weights / palettized; "
+                     "prediction (validation, benchmarks) on the apple queue"),
     Edge("savedmodel", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_savedmodel",
          "fp32", requires=("tf2onnx", "tensorflow"),
          description="tf2onnx of the serving signature (tf.function), names from the signature, dynamic dims kept"),

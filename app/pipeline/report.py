@@ -221,8 +221,10 @@ def request_all(db, dispatcher, settings, model_id: str, *, input_specs: dict[st
     made = []
     targets, skipped = reachable_targets(source, inspection)
     for target, options in targets:
-        missing = sorted({e.queue for e in planner.plan(source, target, options).edges} - live)
-        if missing:  # a job no worker could take would only sit waiting_for_hardware
+        steps = jobs.pipeline_steps(planner.plan(source, target, options), validate=True,
+                                    benchmark=jobs.check_benchmark(benchmark), tolerance=None)
+        missing = sorted({queue for _, _, queue, _ in steps} - live)
+        if missing:  # a job no worker could finish would only sit waiting_for_hardware (Core ML: apple)
             skipped.append({"target": target, "options": options,
                             "reason": f"no live worker serves queue {', '.join(missing)}; start one (modelport "
                                       f"worker --queues {','.join(missing)}) or request this conversion anyway"})
