@@ -58,6 +58,13 @@ class OnnxToOnnxOptions(EdgeOptions):
                                  "int8: dynamic INT8 quantisation (onnxruntime)")
     keep_io_types: bool = Field(default=True, description="fp16: keep float32 inputs/outputs")
     per_channel: bool = Field(default=False, description="int8: per-channel weight quantisation")
+    reduce_range: bool | None = Field(
+        default=None, description="int8: 7-bit weights, which avoids int16 saturation in ONNX Runtime's u8s8 kernels "
+        "on x86 CPUs without VNNI; default: on where this host lacks VNNI")
+    calibration: Literal["none", "samples", "synthetic"] = Field(
+        default="none", description="int8: none = dynamic quantisation (weights int8, activations quantised at run "
+        "time); samples = static QDQ calibrated on the model's uploaded samples; synthetic = static QDQ calibrated "
+        "on generated inputs the model runs on (a warning says accuracy may suffer)")
     keep_fp32: list[str] = Field(default_factory=list, max_length=10_000,
                                  description="fp16: node names kept in float32 (mixed precision), e.g. the ops "
                                              "a failed fp16 validation named as the first to diverge")

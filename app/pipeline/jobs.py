@@ -192,6 +192,10 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
         live = live_queues(s, settings)
         plan = planner.plan(model.format, target, options or {}, live)
         check_source(model.format, model.inspection, target)
+        if any(o.get("calibration") == "samples" for o in plan.options) and not model.samples_sha256:
+            raise Unprocessable("calibration=samples needs the model's sample inputs: upload them first (PUT "
+                                f"/v1/models/{model_id}/samples, an .npz), or use calibration=synthetic",
+                                code="missing_samples")
         specs = check_input_specs(plan, model.inspection, input_specs)
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes)
         key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
@@ -367,7 +371,10 @@ def _gather(s, job: Job, step: JobStep) -> StepInputs:
     converts = [x for x in job.steps if x.kind == "convert" and x.index < step.index]
     if step.kind == "convert":
         src = repo.get_artifact(s, converts[-1].output_artifact_id) if converts else model
-        return StepInputs(FileSet.of(src), parent=None if src is model else src.id)
+        out = StepInputs(FileSet.of(src), parent=None if src is model else src.id)
+        if (step.options or {}).get("calibration") == "samples":  # static INT8 calibrated on them
+            out.samples = model.samples_sha256
+        return out
     hints = model.inspection.get("inputs") or []
     if not converts:  # a benchmark of an existing artifact
         art = repo.get_artifact(s, step.options["artifact_id"])
@@ -514,6 +521,9 @@ def _execute(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, beat
                      format=work.input.format, inspection=work.input.inspection, input_specs=ctx.input_specs)
         if ctx.kind != "convert":
             options["io_hints"] = work.io_hints
+        if ctx.kind == "convert" and work.samples:
+            store.get_to_path(_blob(work.samples), workdir / "samples.npz")
+            options["samples"] = str(workdir / "samples.npz")
         if ctx.kind == "validate":
             ref = work.reference
             _fetch(store, ref.files, workdir / "ref")

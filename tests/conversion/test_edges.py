@@ -31,8 +31,8 @@ from tests.conversion import runners
 
 FP32_ATOL = 1e-4
 FP16_RTOL = 1e-2
-INT8_RTOL = 8e-2  # dynamic int8 of the test CNN: 0.03 of the output scale where ONNX Runtime has VNNI int8
-# kernels, 0.057 on AVX2-only CPUs (u8s8 products saturate int16 there; ONNX Runtime documents it)
+INT8_RTOL = 5e-2  # dynamic int8 of the test CNN: 0.013 of the output scale; without reduce_range (7-bit weights,
+# on by default on CPUs without VNNI) it was 0.057 on this AVX2-only CPU: u8s8 products saturate int16 there
 BATCHES = (1, 3)
 MEASURED: dict[str, float] = {}  # edge -> max abs error seen, printed at the end (pytest -s)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.conversion import registry
@@ -85,3 +86,40 @@ def test_a_transform_that_adds_graph_inputs_is_refused(tmp_path):
     _check_same_inputs(path, onnx.load(str(path)))  # the same inputs: fine
     with pytest.raises(ConversionError, match=r"1 new input\(s\) \(W\)"):
         _check_same_inputs(path, broken)
+
+
+@pytest.mark.parametrize("calibration", ["samples", "synthetic"])
+def test_calibrated_static_int8_through_the_api(embedded_client, tmp_path, calibration):
+    """ONNX static QDQ INT8 calibrated on the uploaded samples (or on generated inputs, with a
+    warning); validated with the int8 profile, beside the fp32 artifact's numbers in the report."""
+    import io
+
+    from tests import models
+    from tests.helpers import upload
+
+    c = embedded_client
+    (path,) = models.onnx_model(tmp_path)
+    m = upload(c, path)
+    body = {"target": "onnx", "benchmark": {"batch_sizes": [1], "max_seconds": 2},
+            "options": {"precision": "int8", "calibration": calibration}}
+    if calibration == "samples":
+        r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "missing_samples", r.text
+        name = m["inspection"]["inputs"][0]["name"]
+        buf = io.BytesIO()
+        np.savez(buf, **{name: np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)})
+        assert c.put(f"/v1/models/{m['id']}/samples", content=buf.getvalue()).status_code == 200
+    r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
+    assert r.status_code == 202, r.text
+    job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
+    assert job["status"] == "succeeded", job
+    art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
+    ops = set(art["inspection"]["details"]["op_types"])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops  # static QDQ, not dynamic quantisation
+    assert art["validation"]["profile"] == "int8" and art["validation"]["status"] == "passed", art["validation"]
+    if calibration == "synthetic":
+        assert any("calibrated on synthetic inputs" in w for w in art["warnings"])
+    else:
+        assert not any("synthetic" in w for w in art["warnings"])
+    row = next(r for r in c.get(f"/v1/models/{m['id']}/report").json()["rows"] if r["artifact_id"] == art["id"])
+    assert row["precision"] == "int8" and row["p50_ms"] is not None and row["validation"] == "passed"

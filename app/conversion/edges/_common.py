@@ -88,8 +88,10 @@ def parse_options(model: type, options: dict[str, Any]):
     """Validate ``options`` with the edge's options model from the registry (one source of defaults)."""
     from pydantic import ValidationError
 
+    # "samples": the worker's path of the model's sample inputs (for calibration), not an option of the request
+    options = {k: v for k, v in (options or {}).items() if k != "samples"}
     try:
-        return model.model_validate(options or {})
+        return model.model_validate(options)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in e.errors())
         raise ConversionError(f"invalid options: {problems}", hint="see GET /v1/formats for each edge's options") from None

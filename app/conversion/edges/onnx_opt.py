@@ -111,16 +111,20 @@ def transform(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
                 details["dropped_round_trip_casts"] = _drop_round_trip_casts(model)
             current = work / "fp16.onnx"
             save_onnx(model, current, details={})
+        elif opts.precision == "int8" and opts.calibration != "none":
+            current = _quantize_static(src, current, work, opts, options.get("samples"), details, warns, large)
         elif opts.precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantized = work / "int8.onnx"
+            rr = _reduce_range(opts, details, warns)
             try:
-                quantize_dynamic(str(current), str(quantized), per_channel=opts.per_channel,
+                quantize_dynamic(str(current), str(quantized), per_channel=opts.per_channel, reduce_range=rr,
                                  weight_type=QuantType.QInt8, use_external_data_format=large)
             except Exception as e:
                 raise fail(e, doing="dynamic INT8 quantisation", tool="onnxruntime") from None
-            details["steps"].append(f"onnxruntime.quantization.quantize_dynamic (QInt8, per_channel={opts.per_channel})")
+            details["steps"].append(f"onnxruntime.quantization.quantize_dynamic (QInt8, per_channel={opts.per_channel}, "
+                                    f"reduce_range={rr})")
             current = quantized
         if not [s for s in details["steps"] if "external" not in s]:
             warns.append("optimize=none and precision=fp32: the model is only re-saved")
@@ -209,3 +213,95 @@ def _drop_round_trip_casts(model) -> int:
     for n in drop:
         graph.node.remove(n)
     return pairs
+
+
+CALIBRATION_SETS = 32
+
+
+def _calibration_feeds(src: Source, path: Path, calibration: str, samples: str | None) -> tuple[list[dict], str]:
+    """Input sets to calibrate on, and where they came from."""
+    import numpy as np
+
+    from app.runners import search
+    from app.runners.inputs import default_inputs
+    from app.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(path, "fp32", None)
+    try:
+        specs = runner.inputs()
+        if calibration == "samples":
+            if not samples:
+                raise ConversionError("calibration=samples needs the model's sample inputs: upload them first "
+                                      "(PUT /v1/models/{id}/samples, an .npz)")
+            with np.load(samples, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            missing = [s.name for s in specs if s.name not in arrays]
+            if missing:
+                raise ConversionError(f"the samples lack inputs {', '.join(missing)}")
+            n = min(len(arrays[s.name]) for s in specs)
+            # one row at a time: the batch dim may be fixed to 1, and calibration only needs the ranges
+            return [{s.name: arrays[s.name][i:i + 1] for s in specs} for i in range(n)], f"{n} uploaded sample row(s)"
+        plan = search.find(runner, specs, search.evidence("onnx", path.parent, path.name))
+        if not plan.found:
+            raise ConversionError("calibration=synthetic: " + plan.failure(),
+                                  hint="upload sample inputs and use calibration=samples")
+        sets = [default_inputs(specs, 1, seed, plan) for seed in range(CALIBRATION_SETS)]
+        return sets, f"{CALIBRATION_SETS} generated input set(s) ({'; '.join(plan.why) or 'the model’s own shapes'})"
+    finally:
+        runner.close()
+
+
+def _quantize_static(src: Source, current: Path, work: Path, opts, samples: str | None, details: dict,
+                     warns: list[str], large: bool) -> Path:
+    """Static QDQ INT8 (onnxruntime.quantization.quantize_static): activations calibrated (MinMax) on
+    the samples or on generated inputs the model runs on."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    feeds, where = _calibration_feeds(src, current, opts.calibration, samples)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out = work / "int8_static.onnx"
+    rr = _reduce_range(opts, details, warns)
+    try:
+        quantize_static(str(current), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
+                        reduce_range=rr, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        use_external_data_format=large)
+    except ConversionError:
+        raise
+    except Exception as e:
+        raise fail(e, doing="static INT8 quantisation (calibration)", tool="onnxruntime") from None
+    details["steps"].append(f"onnxruntime.quantization.quantize_static (QDQ, QInt8 activations and weights, "
+                            f"per_channel={opts.per_channel}, reduce_range={rr}, MinMax calibration on {where})")
+    details["calibration"] = {"kind": opts.calibration, "sets": len(feeds), "source": where}
+    if opts.calibration == "synthetic":
+        warns.append("calibrated on synthetic inputs, not real data: activation ranges may not match what the model "
+                     "sees in use, so int8 accuracy can be worse than the validation here shows; upload samples and "
+                     "use calibration=samples")
+    return out
+
+
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:  # not Linux: assume a modern CPU
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags or not any(f.startswith("avx") for f in flags)
+
+
+def _reduce_range(opts, details: dict, warns: list[str]) -> bool:
+    """7-bit weights where the int8 kernels would otherwise saturate (x86 without VNNI), unless told."""
+    if opts.reduce_range is not None:
+        return bool(opts.reduce_range)
+    rr = not _has_vnni()
+    details["reduce_range_auto"] = rr
+    if rr:
+        warns.append("int8 weights quantised to 7 bits (reduce_range): this host's CPU has no VNNI, where ONNX "
+                     "Runtime's int8 products can saturate; pass reduce_range=false for full 8-bit weights on VNNI hosts")
+    return rr
