@@ -32,7 +32,8 @@ def test_defaults_are_filled_and_never_silently_changed():
 
 
 @pytest.mark.parametrize("source,target,options,code,needle", [
-    ("onnx", "coreml", {}, "unknown_target", "convertible targets"),
+    ("onnx", "tensorrt", {}, "unknown_target", "convertible targets"),
+    ("onnx", "coreml", {}, "no_route", "from onnx modelport can reach"),  # Core ML only from torch.export
     ("pytorch", "onnx", {}, "no_route", "can reach: safetensors"),
     ("onnx", "openvino", {"fp16": True}, "invalid_options", "allowed: precision"),
     ("onnx", "openvino", {"precision": "fp8"}, "invalid_options", "precision"),
