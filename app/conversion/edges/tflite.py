@@ -159,6 +159,17 @@ def _fix_dynamic_dims(src: Source, model) -> tuple[Source, list[str], list[str]]
     return dataclasses.replace(src, primary=rel, paths=[*src.paths, rel]), fixed, plan.why
 
 
+def _convert_any_batch(src: Source, out_dir: Path, precision: str, keep: list[str], model, warns: list[str]) -> Path:
+    """onnx2tf with a dynamic batch, else with the batch pinned to 1 (saying so)."""
+    try:
+        return _convert(src, out_dir, precision, keep, batch_size=None)
+    except ConversionError:
+        if not _has_dynamic_batch(model):
+            raise
+        warns.append("onnx2tf could not convert the graph with a dynamic batch, so the batch is pinned to 1")
+        return _convert(src, out_dir, precision, keep, batch_size=1)
+
+
 def _convert(src: Source, out_dir: Path, precision: str, keep: list[str], batch_size: int | None) -> Path:
     """Run onnx2tf into a fresh folder next to ``out_dir``; the .tflite file it made for ``precision``."""
     import onnx2tf
@@ -214,12 +225,19 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
                      + ", ".join(fixed) + (f"; {'; '.join(why)}" if why else "") + "); the TFLite model runs at "
                      "these sizes only (the batch stays dynamic)")
     try:
-        made = _convert(conv_src, out_dir, precision, keep, batch_size=None)
-    except ConversionError:
-        if not _has_dynamic_batch(model):
+        made = _convert_any_batch(conv_src, out_dir, precision, keep, model, warns)
+    except ConversionError as e:
+        if conv_src is src:
             raise
-        warns.append("onnx2tf could not convert the graph with a dynamic batch, so the batch is pinned to 1")
-        made = _convert(conv_src, out_dir, precision, keep, batch_size=1)
+        # onnx2tf takes other code paths at static sizes (grouped convolutions, pools), and some fail
+        # where the dynamic graph converts: try the source as it is before giving up
+        conv_src.primary_path.unlink(missing_ok=True)
+        conv_src = src
+        warns[:] = [w for w in warns if "needs static shapes" not in w]
+        warns.append(f"onnx2tf failed at the fixed sizes ({e.message[:300]}), so the graph was converted with its "
+                     "dynamic dims as they are")
+        static = None
+        made = _convert_any_batch(src, out_dir, precision, keep, model, warns)
     try:
         _check_builtin_only(made)  # first: a model LiteRT can't load must not look like a batch problem
         if not _runs_batched(made):
