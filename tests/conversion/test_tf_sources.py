@@ -44,7 +44,7 @@ def tf_client(tmp_path, tf_python):
     ("functional.h5", "keras", {"logits": [None, 10], "aux": [None, 1]}),
     ("savedmodel", "savedmodel", {"scores": [None, 4], "count": []}),
 ])
-def test_tensorflow_model_to_tflite_is_proven_against_tensorflow(tf_client, tf_models, name, fmt, outputs):  # noqa: F811
+def test_tensorflow_model_to_tflite_is_proven_against_tensorflow(tf_client, tf_models, name, fmt, outputs):
     m = _upload(tf_client, tf_models, name)
     assert m["format"] == fmt
     r = tf_client.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": False})
@@ -63,7 +63,7 @@ def test_tensorflow_model_to_tflite_is_proven_against_tensorflow(tf_client, tf_m
     assert all(e["candidate_output"] == e["output"] and e["passed"] for e in entries), entries  # ... by name
 
 
-def test_keras_with_lambda_bytecode_is_never_loaded(tf_client, tf_models):  # noqa: F811
+def test_keras_with_lambda_bytecode_is_never_loaded(tf_client, tf_models):
     m = _upload(tf_client, tf_models, "lambda.h5")
     assert m["inspection"]["safety"]["status"] == "contains_code"
     r = tf_client.post(f"/v1/models/{m['id']}/conversions", json={"target": "tflite", "benchmark": False})
