@@ -40,6 +40,7 @@ class Edge:
     needs_input_specs: bool = False
     description: str = ""
     variant: str = ""  # for same-format edges: what it does (optimize / fp16 / int8)
+    report_variants: tuple[str, ...] = ()  # precisions report-all compares beside fp32 for this edge's target
 
     @property
     def name(self) -> str:

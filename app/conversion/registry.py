@@ -88,10 +88,10 @@ EDGES: tuple[Edge, ...] = (
          "exact", requires=("torch", "safetensors"),
          description="a torch.save zip state dict with the same keys and tensors"),
     Edge("onnx", "openvino", "intel", "main", ToOpenVINOOptions, "app.conversion.edges.openvino:from_onnx",
-         "fp32", requires=("openvino",),
+         "fp32", report_variants=("fp16", "int8"), requires=("openvino",),
          description="openvino.convert_model + save_model (compress_to_fp16 only when precision=fp16)"),
     Edge("torch_export", "openvino", "intel", "main", ToOpenVINOOptions, "app.conversion.edges.openvino:from_program",
-         "fp32", requires=("openvino", "torch"),
+         "fp32", report_variants=("fp16", "int8"), requires=("openvino", "torch"),
          description="openvino.convert_model of the ExportedProgram"),
     Edge("onnx", "tflite", "cpu", "tf", ToTfliteOptions, "app.conversion.edges.tflite:from_onnx",
          "fp32", requires=("onnx2tf", "tensorflow"),
@@ -119,7 +119,7 @@ EDGES: tuple[Edge, ...] = (
          "fp32", requires=("tf2onnx", "tensorflow"),
          description="tf2onnx's TFLite frontend"),
     Edge("onnx", "onnx", "cpu", "main", OnnxToOnnxOptions, "app.conversion.edges.onnx_opt:transform",
-         "fp32", requires=("onnx", "onnxruntime"), variant="transform",
+         "fp32", report_variants=("fp16", "int8"), requires=("onnx", "onnxruntime"), variant="transform",
          description="graph optimisation, fp16 or dynamic INT8 quantisation with onnxruntime's tools"),
 )
 

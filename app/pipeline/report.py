@@ -180,7 +180,7 @@ def reachable_targets(source: str, inspection: dict[str, Any] | None = None
                       ) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
     """Every target the planner can reach from ``source``, plus the precision variants worth
     comparing; and the variants not offered for this model, with why."""
-    from app.conversion import planner
+    from app.conversion import planner, registry
     from app.errors import Unprocessable
 
     out: list[tuple[str, dict[str, Any]]] = []
@@ -191,17 +191,15 @@ def reachable_targets(source: str, inspection: dict[str, Any] | None = None
             planner.plan(source, target, {})
         except Unprocessable:
             continue
-        if target == source and target != "onnx":
-            continue
-        if target != source:
+        if target != source:  # the same format: only its precision variants (the ONNX transform edge)
             out.append((target, {}))
-        if target in ("openvino", "onnx"):
-            for precision in ("fp16", "int8"):
-                if reduced:
-                    skipped.append({"target": target, "options": {"precision": precision},
-                                    "reason": f"not offered: {reduced}, so {precision} compression means nothing"})
-                else:
-                    out.append((target, {"precision": precision}))
+        variants = sorted({v for e in registry.edges() if e.target == target for v in e.report_variants})
+        for precision in variants:
+            if reduced:
+                skipped.append({"target": target, "options": {"precision": precision},
+                                "reason": f"not offered: {reduced}, so {precision} compression means nothing"})
+            else:
+                out.append((target, {"precision": precision}))
     return out, skipped
 
 
