@@ -134,3 +134,35 @@ def fp16_overflow(path: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
     return _save(graph, path)
+
+
+def reflect_pad_signal(path: Path) -> Path:
+    """``[batch, n]`` features reflect-padded by 40 on both sides: fewer than 41 values cannot be
+    reflected (the default 16 fails); nothing in the names says how long ``n`` is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["features", "pads"], ["padded"], mode="reflect"),
+         helper.make_node("ReduceMean", ["padded"], ["mean"], axes=[1], keepdims=0)],
+        "reflect",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(np.array([0, 40, 0, 40], np.int64), "pads")])
+    return _save(graph, path)
+
+
+def stft_frames(path: Path) -> Path:
+    """An STFT with 400-sample frames over ``[batch, length]``: a 16-long sequence has no frame."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["wave", "last"], ["w3"]),
+         helper.make_node("STFT", ["w3", "step", "", "frame"], ["spec"], onesided=1),
+         helper.make_node("ReduceSumSquare", ["spec"], ["power"], axes=[3], keepdims=0)],
+        "stft",
+        [helper.make_tensor_value_info("wave", TensorProto.FLOAT, ["batch", "length"])],
+        [helper.make_tensor_value_info("power", TensorProto.FLOAT, ["batch", None, None])],
+        [numpy_helper.from_array(np.array([-1], np.int64), "last"),
+         numpy_helper.from_array(np.array(160, np.int64), "step"),
+         numpy_helper.from_array(np.array(400, np.int64), "frame")])
+    return _save(graph, path)

@@ -118,7 +118,8 @@ def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result
     failing: dict[str, Any] = {}
     report = validation.validate(reference, candidate, profile=profile, overrides=overrides, samples=samples,
                                  seed=int(options.get("seed", 0)), failing=failing,
-                                 evidence=search.evidence(ref["format"], Path(ref["root"]), ref["primary"]))
+                                 evidence=search.evidence(ref["format"], Path(ref["root"]), ref["primary"]).merged(
+                                     search.evidence(src.format, src.root, src.primary)))
     if report["status"] == "failed" and "feeds" in failing:
         _localize(report, ref, src, failing, profile, overrides, options)
     return _report(report)

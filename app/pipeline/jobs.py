@@ -67,7 +67,8 @@ def check_input_specs(plan: planner.Plan, inspection: dict[str, Any],
                                         f"{len(specs[name]['shape'])} axes", code="invalid_input_specs")
     if plan.edges and plan.edges[0].needs_input_specs:
         names = [i["name"] for i in (inspection.get("inputs") or [])]
-        missing = [n for n in names if not specs or n not in specs]
+        # none given: the edge finds them from the forward graph (app.runners.search.torchscript_specs)
+        missing = [n for n in names if specs and n not in specs]
         if not names and not specs:
             missing = ["<every forward argument>"]
         if missing:

@@ -98,7 +98,6 @@ def test_bad_requests_are_clear_4xx(embedded_client, files):
         (convert(embedded_client, upload(embedded_client, files["ckpt"])["id"], "onnx"), 422, "no_route"),
         (convert(embedded_client, m["id"], "openvino", options={"bogus": 1},
                  input_specs={"x": {"shape": [2, 8]}}), 422, "invalid_options"),
-        (convert(embedded_client, m["id"], "onnx"), 422, "missing_input_specs"),
         (convert(embedded_client, m["id"], "onnx", input_specs={"x": {"shape": [2, 8], "dtype": "float99"}}),
          422, "invalid_input_specs"),
         (convert(embedded_client, m["id"], "onnx", input_specs={"y": {"shape": [2, 8]}}), 422, "missing_input_specs"),

@@ -33,13 +33,39 @@ def test_an_already_quantized_graph_gets_no_fp16_or_int8_variants(embedded_clien
     assert done["status"] == "succeeded", done
 
 
-def test_torchscript_says_it_needs_input_specs_instead_of_queueing_nothing(embedded_client, tmp_path):
+def test_torchscript_without_specs_is_converted_at_shapes_found_in_its_forward_graph(embedded_client, tmp_path):
+    """TorchScript records no shapes: report-all used to queue nothing for it. The forward graph's
+    first linear (weight [16, 8]) says the input is [batch, 8]; the ONNX made at that shape is
+    validated against the TorchScript itself."""
     m = upload(embedded_client, models.torchscript(tmp_path))
     out = _report_all(embedded_client, m["id"])
-    assert out["jobs"] == []
-    reasons = {k["target"]: k for k in out["skipped"]}
-    assert "onnx" in reasons and reasons["onnx"]["code"] == "missing_input_specs"
-    assert "give input_specs for" in reasons["onnx"]["reason"]
+    (job,) = [j for j in out["jobs"] if j["target"] == "onnx" and not j["options"].get("precision")]
+    done = embedded_client.get(f"/v1/jobs/{job['id']}", params={"wait": 300}).json()
+    assert done["status"] == "succeeded", done
+    art = embedded_client.get(f"/v1/artifacts/{done['artifact_id']}").json()
+    assert any(w.startswith("input_specs found from the forward graph") and "x = float32[1, 8]" in w
+               and "aten::linear weight [16, 8]: 8 input feature(s)" in w for w in art["warnings"]), art["warnings"]
+    assert art["validation"]["status"] == "passed", art["validation"]
+    assert art["inspection"]["inputs"][0]["shape"] == ["batch", 8]
+
+
+def test_torchscript_whose_graph_says_nothing_fails_naming_what_to_give(embedded_client, tmp_path):
+    import torch
+
+    class Sum(torch.nn.Module):
+        def forward(self, x):
+            return x.sum(-1)
+
+    path = tmp_path / "sum.pt"
+    torch.jit.save(torch.jit.trace(Sum(), torch.randn(2, 8)), path)
+    m = upload(embedded_client, path)
+    r = embedded_client.post(f"/v1/models/{m['id']}/conversions", json={"target": "onnx"})
+    assert r.status_code == 202, r.text
+    done = embedded_client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
+    assert done["status"] == "failed"
+    assert "none were found from the forward graph (the forward graph says nothing of the shape of x)" in \
+        done["error"]["message"], done["error"]
+    assert 'give input_specs like {"x"' in done["error"]["hint"]
     specs = {"x": {"shape": [1, 8], "dtype": "float32", "dynamic": {"0": "batch"}}}
     r = embedded_client.post(f"/v1/models/{m['id']}/report-all", json={"benchmark": False, "input_specs": specs})
     assert r.status_code == 202 and {j["target"] for j in r.json()["jobs"]} >= {"onnx"}, r.text

@@ -56,7 +56,48 @@ def test_audio_gets_a_second_of_samples(tmp_path):
         r.run(default_inputs(r.inputs(), 1))
     r, plan = _plan(path)
     assert plan.found and plan.sizes == {"samples": 16000}
-    assert "samples=16000: audio size" in plan.why[0]
+    assert plan.why[0].startswith("samples=16000: ") and "audio size" in plan.why[0], plan.why
+    assert "a Slice that keeps the first 8000" in plan.why[0]
+
+
+@pytest.mark.parametrize(("make", "size", "why"), [
+    (traps.reflect_pad_signal, {"n": 41}, "n=41: at least 41 samples: a reflect Pad of 40"),
+    (traps.stft_frames, {"length": 400}, "length=400: at least 400 samples: an STFT frame of 400 samples"),
+])
+def test_pads_and_stft_frames_set_a_minimum_length(make, size, why, tmp_path):
+    path = make(tmp_path / "m.onnx")
+    r = _onnx(path)
+    with pytest.raises(Exception):  # noqa: B017 - ORT's own error: the default 16 is too short
+        r.run(default_inputs(r.inputs(), 1))
+    r, plan = _plan(path)
+    assert plan.found and plan.sizes == size and len(plan.tried) == 1
+    assert plan.why[0].startswith(why), plan.why
+    ev = search.evidence("onnx", tmp_path, "m.onnx")
+    assert ev.min_length and ev.to_dict()["min_length"]
+
+
+def test_torch_export_ranges_bound_the_sizes(tmp_path):
+    """A program exported with ``Dim(min=320)`` refuses anything shorter (it frames the first 300):
+    the range read from the archive, not guessed, gives the size."""
+    import torch
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return x[..., :300].reshape(x.shape[0], 3, 30, 10).mean(-1)
+
+    seq = torch.export.Dim("seq", min=320, max=4096)
+    ep = torch.export.export(Pool(), (torch.randn(2, 3, 600),),
+                             dynamic_shapes={"x": {0: torch.export.Dim("batch"), 2: seq}})
+    torch.export.save(ep, tmp_path / "pool.pt2")
+    ev = search.evidence("torch_export", tmp_path, "pool.pt2")
+    ((sym, (lo, hi, why)),) = [(k, v) for k, v in ev.dim_ranges.items() if v[0]]
+    assert (lo, hi) == (320, 4096) and why == "torch.export range [320, 4096]"
+    r = open_runner("torch_export", tmp_path, ["pool.pt2"], "pool.pt2")
+    with pytest.raises(Exception):  # noqa: B017 - the program's own guard: 16 < 320
+        r.run(default_inputs(r.inputs(), 1))
+    plan = search.find(r, r.inputs(), ev)
+    assert plan.found and plan.sizes == {sym: 320} and len(plan.tried) == 1
+    assert "torch.export range [320, 4096]" in plan.why[0]
 
 
 def test_ids_that_nan_the_model_are_narrowed(tmp_path):
@@ -77,7 +118,7 @@ def test_a_model_that_runs_on_nothing_tried_says_what_was_tried(tmp_path):
 
 
 @pytest.mark.parametrize("make", [traps.stride32_detector, traps.embedding_bound, traps.min_length_audio,
-                                  traps.nan_on_large_ids])
+                                  traps.nan_on_large_ids, traps.reflect_pad_signal, traps.stft_frames])
 def test_validation_reaches_a_verdict_on_every_trap(make, tmp_path):
     """Before the search each of these was "skipped — upload samples" (the reference crashed or
     NaN'd on every generated set); now the same model against itself passes, and a tampered
@@ -109,3 +150,41 @@ def test_without_the_search_the_traps_are_skipped(tmp_path):
     path = traps.stride32_detector(tmp_path / "det.onnx")
     rep = validate(_onnx(path), _onnx(path), profile="fp32", search=False)
     assert rep["status"] == "skipped" and "cannot run on generated inputs" in rep["reason"]
+
+
+def test_torchscript_forward_graphs_give_shapes_channels_and_id_ranges(tmp_path):
+    """A scripted CNN's first conv says 3 channels and rank 4, an embedding's table bounds the ids and
+    the mask multiplied into it is shaped like them; each found set runs (scripted and traced alike)."""
+    import torch
+    from torch import nn
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, image):
+            return self.fc(self.body(image).flatten(1))
+
+    class Text(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(100, 16), nn.Linear(16, 2)
+
+        def forward(self, ids, mask):
+            return self.out(self.emb(ids) * mask.unsqueeze(-1))
+
+    cases = [(CNN(), ["image"], (torch.randn(1, 3, 32, 32),),
+              {"image": {"shape": [1, 3, 224, 224], "dtype": "float32", "dynamic": {"0": "batch"}}},
+              "weight [8, 3, 3, 3]: 3 channel(s), rank 4"),
+             (Text(), ["ids", "mask"], (torch.randint(0, 100, (1, 5)), torch.ones(1, 5)),
+              {"ids": {"shape": [1, 16], "dtype": "int64", "dynamic": {"0": "batch"}},
+               "mask": {"shape": [1, 16], "dtype": "float32", "dynamic": {"0": "batch"}}},
+              "aten::embedding table [100, 16]: ids < 100")]
+    for model, names, example, want, why in cases:
+        for make in (torch.jit.script, lambda m, ex=example: torch.jit.trace(m, ex)):
+            torch.jit.save(make(model), tmp_path / "m.pt")
+            specs, reasons, tried = search.torchscript_specs(torch.jit.load(tmp_path / "m.pt"), names)
+            assert specs == want and tried == [], (specs, tried)
+            assert any(why in r for r in reasons), reasons

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 from pathlib import Path
@@ -242,7 +243,31 @@ def export_torchscript(src: Source, out_dir: Path, options: dict[str, Any]) -> R
     from app.conversion.registry import TorchScriptToOnnxOptions
 
     opts = parse_options(TorchScriptToOnnxOptions, options)
+    try:
+        module = torch.jit.load(str(src.primary_path), map_location="cpu")
+        module.eval()
+    except Exception as e:
+        raise ConversionError(f"could not load the TorchScript archive: {type(e).__name__}: {e}"[:1500],
+                              tool="torch", tool_version=torch.__version__) from None
+    searched = []
+    forward = [i.get("name") for i in (src.inspection.get("inputs") or []) if i.get("name")]
+    if not src.input_specs and forward:  # the file records no shapes: find them in the forward graph
+        from app.runners.search import torchscript_specs
+
+        found, why, tried = torchscript_specs(module, forward)
+        if not found:
+            raise ConversionError(
+                "TorchScript records no input shapes, and none were found from the forward graph ("
+                + "; ".join(tried[:3]) + "): give input_specs for every forward() input",
+                hint='give input_specs like {"' + forward[0]
+                     + '": {"shape": [1, 3, 224, 224], "dtype": "float32", "dynamic": {"0": "batch"}}}')
+        src = dataclasses.replace(src, input_specs=found)
+        searched = ["input_specs found from the forward graph (give input_specs to choose them): "
+                    + "; ".join(f"{n} = {s['dtype']}{s['shape']}" for n, s in found.items()) + " — " + "; ".join(why)]
+        if tried:
+            searched.append("sizes tried first: " + "; ".join(tried[:3]))
     names, specs, warns = _spec_inputs(src)
+    warns = searched + warns
     gen = torch.Generator().manual_seed(0)
     args, dynamic_axes, example_shapes = [], {}, {}
     for n in names:
@@ -261,12 +286,6 @@ def export_torchscript(src: Source, out_dir: Path, options: dict[str, Any]) -> R
         if axes:
             dynamic_axes[n] = axes
         args.append(_random(shape, getattr(torch, spec["dtype"]), gen))
-    try:
-        module = torch.jit.load(str(src.primary_path), map_location="cpu")
-        module.eval()
-    except Exception as e:
-        raise ConversionError(f"could not load the TorchScript archive: {type(e).__name__}: {e}"[:1500],
-                              tool="torch", tool_version=torch.__version__) from None
     try:
         with torch.no_grad():
             sample = module(*args)
