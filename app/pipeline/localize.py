@@ -23,6 +23,8 @@ Supported pairs
   Models with external data are loaded without it and run from memory with
   ``session.model_external_initializers_file_folder_path`` pointing at the original directory:
   nothing is copied or written next to the model.
+* ONNX reference, TFLite candidate (onnx2tf): LiteRT with every tensor kept; onnx2tf keeps no
+  intermediate names and writes NHWC, so tensors are paired by value (:class:`_TFLiteSide`).
 * ONNX reference, OpenVINO IR candidate: the IR keeps the ONNX tensor names on its ops' outputs
   (``output.get_names()``); outputs whose names are reference tensor names are added as model
   outputs (``model.add_outputs``) and the model is compiled on CPU with ``INFERENCE_PRECISION_HINT``
@@ -323,6 +325,125 @@ class _OpenVinoSide:
         return by_name
 
 
+class _TFLiteSide:
+    """A TFLite artifact on LiteRT with every tensor kept (``experimental_preserve_all_tensors``).
+    onnx2tf keeps no intermediate ONNX names (its tensors are named after TensorFlow ops, e.g.
+    ``model/tf.nn.convolution/convolution``) and rewrites NCHW as NHWC, so tensors are matched by
+    *value*: each float reference tensor is paired with the candidate tensor of the same element
+    count, in the same or the channels-last layout, that is closest to it (among the
+    ``_TFL_NEAR`` nearest in graph position). A tensor fused away pairs with nothing close; the
+    propagation rule then keeps it out of the answer, as it does for names moved by a fusion."""
+
+    def __init__(self, root: Path, primary: str):
+        from app.runners.tflite_runner import _interpreter_class
+
+        cls, _, _ = _interpreter_class()
+        self.it = cls(model_path=str(root / primary), experimental_preserve_all_tensors=True)
+        self.it.allocate_tensors()
+        from app.runners.tflite_runner import signature_names
+
+        details = self.it.get_input_details()
+        named = signature_names(self.it, details, self.it.get_output_details())
+        self.by_name = {(named[0].get(d["index"]) if named else None) or d["name"]: d["index"] for d in details}
+        self.input_specs = [(n, np.dtype(d["dtype"]).name) for n, d in zip(self.by_name, details, strict=True)]
+        self.names: set[str] = set()
+        self.pairs: dict[str, tuple[int, tuple[int, ...] | None]] = {}
+        self.values: dict[int, np.ndarray] = {}
+        self.tensor_names: dict[int, str] = {}
+
+    def _run_all(self, feeds: dict[str, np.ndarray], ref_inputs: list[str]) -> None:
+        from app.runners.tflite_runner import _quant
+
+        it = self.it
+        args = _cast_feeds(feeds, self.input_specs, ref_inputs)
+        shapes = {d["index"]: tuple(d["shape"]) for d in it.get_input_details()}
+        for n, i in self.by_name.items():
+            if shapes[i] != args[n].shape:
+                it.resize_tensor_input(i, args[n].shape)
+        it.allocate_tensors()
+        for n, i in self.by_name.items():
+            it.set_tensor(i, args[n])
+        it.invoke()
+        try:
+            produced = {int(i) for op in it._get_ops_details() for i in op["outputs"]}
+        except Exception:  # private API gone: every non-constant-looking tensor
+            produced = None
+        for t in it.get_tensor_details():
+            if produced is not None and t["index"] not in produced:
+                continue
+            try:
+                v = np.array(it.get_tensor(t["index"]))
+            except ValueError:  # freed or never computed
+                continue
+            q = _quant(t)
+            if q and v.dtype.kind in "iu":
+                v = (v.astype(np.float32) - q[1]) * q[0]
+            if v.dtype.kind == "f":
+                self.values[t["index"]] = v
+                self.tensor_names[t["index"]] = t["name"]
+
+    def bind(self, ref, graph, feeds: dict[str, np.ndarray], ref_inputs: list[str], tol) -> None:
+        """Run both once on ``feeds`` and pair reference tensors with candidate tensors by value."""
+        self._run_all(feeds, ref_inputs)
+        cands = sorted(self.values)
+        by_size: dict[int, list[int]] = {}
+        for i in cands:
+            by_size.setdefault(self.values[i].size, []).append(i)
+        rank = {i: k / max(1, len(cands) - 1) for k, i in enumerate(cands)}
+        order = [t for t in graph.order if graph.maybe_float(t)]
+        for start in range(0, len(order), 2000):
+            chunk = order[start:start + 2000]
+            ref_vals = ref.run(chunk, feeds, ref_inputs)
+            for t in chunk:
+                r = ref_vals.get(t)
+                if r is None or np.asarray(r).dtype.kind != "f" or not np.asarray(r).size:
+                    continue
+                r = np.asarray(r, dtype=np.float64)
+                pos = graph.order.index(t) / max(1, len(graph.order) - 1)
+                near = sorted(by_size.get(r.size, []), key=lambda i, p=pos: abs(rank[i] - p))[:_TFL_NEAR]
+                best = None
+                for i in near:
+                    c = self.values[i]
+                    for perm in _layouts(r.shape, c.shape):
+                        err = float(np.max(np.abs((r if perm is None else r.transpose(perm)) - c)))
+                        if not np.isfinite(err):
+                            err = float("inf")
+                        if best is None or err < best[0]:
+                            best = (err, i, perm)
+                if best is not None:
+                    self.pairs[t] = (best[1], best[2])
+            del ref_vals
+        self.names = set(self.pairs)
+
+    def matched_name(self, t: str) -> str | None:
+        return self.tensor_names.get(self.pairs[t][0]) if t in self.pairs else None
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], ref_inputs: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for n in names:
+            if n in self.pairs:
+                i, perm = self.pairs[n]
+                v = self.values[i]
+                out[n] = v if perm is None else v.transpose(np.argsort(perm))
+        return out
+
+
+_TFL_NEAR = 24
+
+
+def _layouts(ref_shape: tuple[int, ...], cand_shape: tuple[int, ...]) -> list[tuple[int, ...] | None]:
+    """The layouts that turn a reference tensor into the candidate's shape: as it is, or channels
+    moved last (NCW/NCHW/NCDHW -> NWC/NHWC/NDHWC, onnx2tf's rewrite)."""
+    out: list[tuple[int, ...] | None] = []
+    if tuple(ref_shape) == tuple(cand_shape):
+        out.append(None)
+    if len(ref_shape) >= 3:
+        perm = (0, *range(2, len(ref_shape)), 1)
+        if tuple(ref_shape[k] for k in perm) == tuple(cand_shape) and tuple(ref_shape) != tuple(cand_shape):
+            out.append(perm)
+    return out
+
+
 # --------------------------------------------------------------------------------- criterion
 
 
@@ -427,6 +548,8 @@ def _side(spec: dict, role: str):
         return _OnnxSide(root / primary)
     if fmt == "openvino" and role == "candidate":
         return _OpenVinoSide(root, paths, primary)
+    if fmt == "tflite" and role == "candidate":
+        return _TFLiteSide(root, primary)
     raise _Unsupported(fmt)
 
 
@@ -449,9 +572,9 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
                 "seconds": round(time.perf_counter() - t0, 4)}
 
     rf, cf = str(reference.get("format", "")).lower(), str(candidate.get("format", "")).lower()
-    if rf != "onnx" or cf not in ("onnx", "openvino"):
-        return done("unsupported", f"localizing a divergence needs an ONNX reference and an ONNX or OpenVINO "
-                                   f"candidate; got {rf or '?'} -> {cf or '?'}")
+    if rf != "onnx" or cf not in ("onnx", "openvino", "tflite"):
+        return done("unsupported", f"localizing a divergence needs an ONNX reference and an ONNX, OpenVINO or "
+                                   f"TFLite candidate; got {rf or '?'} -> {cf or '?'}")
     try:
         ref = _side(reference, "reference")
         cand = _side(candidate, "candidate")
@@ -463,14 +586,22 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
         return done("unsupported", f"cannot read the models: {type(e).__name__}: {e}")
     graph: _Graph = ref.graph
     ref_inputs = [n for n, _ in graph.inputs]
+    if isinstance(cand, _TFLiteSide):
+        try:
+            cand.bind(ref, graph, feeds, ref_inputs, tol)
+        except Exception as e:
+            return done("unsupported", f"the instrumented candidate failed to run: {type(e).__name__}: {e}")
+        notes.append("TFLite tensors are paired with reference tensors by value (onnx2tf keeps no intermediate "
+                     "ONNX names), in the same or the channels-last layout")
 
     common = [t for t in graph.order if t in cand.names]
     comparable = [t for t in common if graph.maybe_float(t)]
     if not comparable:
         return done("not_found", f"no floating-point tensor of the reference ({len(graph.order)} node outputs) "
                                  f"exists by name in the candidate: nothing to compare")
-    notes.append(f"{len(comparable)} of {len(graph.order)} reference node outputs are float tensors present by "
-                 f"name in the candidate ({len(graph.order) - len(common)} absent: fused, renamed or removed)")
+    how = "paired with a candidate tensor" if isinstance(cand, _TFLiteSide) else "present by name in the candidate"
+    notes.append(f"{len(comparable)} of {len(graph.order)} reference node outputs are float tensors {how} "
+                 f"({len(graph.order) - len(common)} absent: fused, renamed or removed)")
     position = {t: i for i, t in enumerate(comparable)}
     comparable_set = set(comparable)
     verdicts: dict[str, dict[str, Any]] = {}  # tensor -> judgement ({"passed": None}: not comparable after all)
@@ -625,6 +756,8 @@ def first_divergence(reference: dict, candidate: dict, feeds: dict[str, np.ndarr
              "reference_range": v["reference_range"], "candidate_range": v["candidate_range"],
              "cosine_similarity": v["cosine_similarity"], "shape": v["shape"],
              "elements_outside": v.get("outside"), "why": v["why"]}
+    if isinstance(cand, _TFLiteSide):
+        first["candidate_tensor"] = cand.matched_name(first_t)
     anc = graph.ancestors(first_t)
     matched_up = [t for t, w in verdicts.items() if w.get("passed") and t in anc and order[t] < order[first_t]]
     last = graph.describe(max(matched_up, key=order.__getitem__)) if matched_up else None

@@ -217,10 +217,49 @@ def test_openvino_fp16_compressed_ir_of_the_same_model_matches(tmp_path):
     assert res["transient"] == ["dw"]
 
 
+# --------------------------------------------------------------------------------------- TFLite
+
+
+def _to_tflite(model, directory: Path, py: str) -> dict:
+    """onnx2tf under the TF toolchain, with the ONNX -> TFLite edge's own flags (NCHW input kept)."""
+    import os
+    import subprocess
+
+    pytest.importorskip("ai_edge_litert")
+    src = _save(model, directory / "src")
+    code = ("import onnx2tf, sys; onnx2tf.convert(input_onnx_file_path=sys.argv[1], output_folder_path=sys.argv[2], "
+            "copy_onnx_input_output_names_to_tflite=True, keep_ncw_or_nchw_or_ncdhw_input_names=['x'], "
+            "non_verbose=True)")
+    subprocess.run([str(py), "-c", code, str(Path(src["root"]) / "model.onnx"), str(directory)], check=True,
+                   capture_output=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                                          "CUDA_VISIBLE_DEVICES": ""})
+    return {"format": "tflite", "root": str(directory), "paths": ["model_float32.tflite"],
+            "primary": "model_float32.tflite"}
+
+
+def test_tflite_candidate_is_paired_by_value_and_diverges_at_the_tampered_conv(tmp_path, tf_python):
+    """onnx2tf names its tensors after TensorFlow ops and writes them NHWC: pairing by value (in
+    the channels-last layout) still names the ONNX Conv whose weight was changed, and the model
+    converted untouched has no divergence."""
+    ref = _save(_conv_model(), tmp_path / "ref")
+    feeds = {"x": np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    res = first_divergence(ref, _to_tflite(_conv_model(w2_scale=1.5), tmp_path / "bad", tf_python), feeds, profile="fp32")
+    _check_json(res)
+    assert res["status"] == "found", res
+    assert (res["first"]["tensor"], res["first"]["op_type"], res["first"]["node"]) == ("c2", "Conv", "conv2")
+    assert res["first"]["shape"] == [1, 6, 8, 8]  # the reference's NCHW shape; the TFLite tensor is NHWC
+    assert "convolution" in res["first"]["candidate_tensor"]
+    assert res["last_matching"] == {"tensor": "rb", "op_type": "Relu", "node": "relu_bn"}
+    assert any("paired with reference tensors by value" in n for n in res["notes"])
+    good = first_divergence(ref, _to_tflite(_conv_model(), tmp_path / "good", tf_python), feeds, profile="fp32")
+    assert good["status"] == "not_found" and good["compared"] >= 8, good
+    assert "logits" not in good["transient"]
+
+
 # ------------------------------------------------------------------------------------- unsupported
 
 
-@pytest.mark.parametrize(("rf", "cf"), [("onnx", "tflite"), ("openvino", "onnx"), ("torchscript", "onnx")])
+@pytest.mark.parametrize(("rf", "cf"), [("tflite", "onnx"), ("openvino", "onnx"), ("torchscript", "onnx")])
 def test_unsupported_pairs_say_so(tmp_path, rf, cf):
     ref = {"format": rf, "root": str(tmp_path), "paths": ["m"], "primary": "m"}
     cand = {"format": cf, "root": str(tmp_path), "paths": ["m"], "primary": "m"}
