@@ -481,8 +481,14 @@ def torchscript_guesses(module, names: list[str]) -> dict[str, TorchScriptGuess]
     for p in params:
         if p.debugName() in by_value:
             origin[p.debugName()] = by_value[p.debugName()]
+    def walk(nodes):  # into if/loop blocks too (a forward that dispatches on an argument)
+        for node in nodes:
+            yield node
+            for block in node.blocks():
+                yield from walk(block.nodes())
+
     out: dict[str, TorchScriptGuess] = {}
-    for node in graph.nodes():
+    for node in walk(graph.nodes()):
         kind = node.kind()
         ins = list(node.inputs())
         srcs = [origin.get(v.debugName()) for v in ins]
