@@ -71,6 +71,29 @@ def onnx_model(out: Path, *, external: bool = False, name: str = "tiny.onnx") ->
     return [path]
 
 
+def onnx_classifier(out: Path, name: str = "classifier.onnx") -> Path:
+    """A dynamic-batch MLP classifier [batch, 32] -> 64 -> 10 with fan-in scaled weights (logits spread
+    like a trained classifier's, so top-1 means something): the size
+    where INT8 accuracy means something (a 3-wide output makes any rounding a big cosine change)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 64)) / np.sqrt(32)).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal(64) * 0.1).astype(np.float32), "b1"),
+             numpy_helper.from_array((rng.standard_normal((64, 10)) * 4 / np.sqrt(64)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "w2"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelport-tests")
+    model.ir_version = 8
+    onnx.save_model(model, str(out / name))
+    return out / name
+
+
 def state_dict(out: Path, *, legacy: bool = False, name: str = "tiny.pt") -> Path:
     torch = _torch()
     path = out / name

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from app.conversion.base import Edge, EdgeOptions, Precision
+from app.conversion.edges._calibration import Calibration
+from app.conversion.edges._calibration import field as calibration_field
 
 
 class ToOnnxOptions(EdgeOptions):
@@ -29,14 +31,30 @@ class ToSafeTensorsOptions(EdgeOptions):
         "default: every tensor, nested keys joined with '.'")
 
 
-class ToOpenVINOOptions(EdgeOptions):
+class CalibratedOptions(EdgeOptions):
+    """An edge whose ``precision=int8`` can be calibrated (static INT8)."""
+
+    @model_validator(mode="after")
+    def _int8_only(self):
+        if self.calibration != "none" and self.precision != "int8":
+            raise ValueError(f"calibration={self.calibration} applies to precision=int8 only "
+                             f"(precision is {self.precision})")
+        return self
+
+
+class ToOpenVINOOptions(CalibratedOptions):
     precision: Precision = Field(default="fp32", description="fp32: weights stay fp32; fp16: fp16 weights; "
-                                 "int8: INT8 weight compression with NNCF")
+                                 "int8: INT8 weight compression with NNCF (or, calibrated, nncf.quantize)")
+    calibration: Calibration = calibration_field("data-free INT8 weight compression (nncf.compress_weights); "
+                                                 "calibrated: nncf.quantize post-training quantisation")
 
 
-class ToTfliteOptions(EdgeOptions):
+class ToTfliteOptions(CalibratedOptions):
     precision: Precision = Field(default="fp32", description="fp32; fp16: float16 weights; int8: dynamic-range "
-                                 "quantisation (int8 weights, float activations)")
+                                 "quantisation (int8 weights, float activations), or full-integer when calibrated")
+    calibration: Calibration = calibration_field("dynamic-range quantisation; calibrated: full-integer (int8 "
+                                                 "weights and activations, float inputs/outputs) from a "
+                                                 "representative dataset")
 
 
 class ToCoreMLOptions(EdgeOptions):
@@ -51,7 +69,7 @@ class TfToOnnxOptions(EdgeOptions):
     opset: int = Field(default=17, ge=13, le=21, description="ONNX opset tf2onnx writes")
 
 
-class OnnxToOnnxOptions(EdgeOptions):
+class OnnxToOnnxOptions(CalibratedOptions):
     optimize: Literal["none", "basic", "extended"] = Field(
         default="basic", description="onnxruntime graph optimisation level; 'basic' stays portable")
     precision: Precision = Field(default="fp32", description="fp16: float16 weights and compute; "
@@ -61,10 +79,8 @@ class OnnxToOnnxOptions(EdgeOptions):
     reduce_range: bool | None = Field(
         default=None, description="int8: 7-bit weights, which avoids int16 saturation in ONNX Runtime's u8s8 kernels "
         "on x86 CPUs without VNNI; default: on where this host lacks VNNI")
-    calibration: Literal["none", "samples", "synthetic"] = Field(
-        default="none", description="int8: none = dynamic quantisation (weights int8, activations quantised at run "
-        "time); samples = static QDQ calibrated on the model's uploaded samples; synthetic = static QDQ calibrated "
-        "on generated inputs the model runs on (a warning says accuracy may suffer)")
+    calibration: Calibration = calibration_field("dynamic quantisation (weights int8, activations quantised at "
+                                                 "run time)")
     keep_fp32: list[str] = Field(default_factory=list, max_length=10_000,
                                  description="fp16: node names kept in float32 (mixed precision), e.g. the ops "
                                              "a failed fp16 validation named as the first to diverge")

@@ -88,38 +88,59 @@ def test_a_transform_that_adds_graph_inputs_is_refused(tmp_path):
         _check_same_inputs(path, broken)
 
 
-@pytest.mark.parametrize("calibration", ["samples", "synthetic"])
-def test_calibrated_static_int8_through_the_api(embedded_client, tmp_path, calibration):
-    """ONNX static QDQ INT8 calibrated on the uploaded samples (or on generated inputs, with a
-    warning); validated with the int8 profile, beside the fp32 artifact's numbers in the report."""
+def _quantized_activations(target: str, art: dict) -> bool:
+    """Whether the artifact quantizes activations too (static INT8), by what its own file says."""
+    details = art["inspection"]["details"]
+    if target == "onnx":
+        return {"QuantizeLinear", "DequantizeLinear"} <= set(details["op_types"])
+    if target == "openvino":
+        return "FakeQuantize" in set(details["op_types"])
+    return {"QUANTIZE", "DEQUANTIZE"} <= set(details["builtin_ops"])  # float I/O around int8 kernels
+
+
+@pytest.mark.parametrize(("target", "calibration"), [("onnx", "samples"), ("onnx", "synthetic"),
+                                                      ("openvino", "samples"), ("openvino", "synthetic"),
+                                                      ("tflite", "samples"), ("tflite", "synthetic")])
+def test_calibrated_static_int8_through_the_api(tmp_path, calibration, target, tf_python):
+    """Static INT8 on all three runtimes, calibrated on the uploaded samples (or on generated inputs,
+    with a warning): ONNX QDQ, OpenVINO nncf.quantize, TFLite full-integer; validated with the int8
+    profile, beside the fp32 artifact's numbers in the report, with the accuracy cost and speed-up."""
     import io
 
-    from tests import models
-    from tests.helpers import upload
+    from fastapi.testclient import TestClient
 
-    c = embedded_client
-    (path,) = models.onnx_model(tmp_path)
-    m = upload(c, path)
-    body = {"target": "onnx", "benchmark": {"batch_sizes": [1], "max_seconds": 2},
-            "options": {"precision": "int8", "calibration": calibration}}
-    if calibration == "samples":
+    from app.main import create_app
+    from tests import models
+    from tests.helpers import make_settings, upload
+
+    with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": tf_python}))) as c:
+        m = upload(c, models.onnx_classifier(tmp_path))
+        body = {"target": target, "benchmark": {"batch_sizes": [1], "max_seconds": 2},
+                "options": {"precision": "int8", "calibration": calibration}}
+        if calibration == "samples":
+            r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "missing_samples", r.text
+            name = m["inspection"]["inputs"][0]["name"]
+            buf = io.BytesIO()
+            np.savez(buf, **{name: np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)})
+            assert c.put(f"/v1/models/{m['id']}/samples", content=buf.getvalue()).status_code == 200
         r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
-        assert r.status_code == 422 and r.json()["error"]["code"] == "missing_samples", r.text
-        name = m["inspection"]["inputs"][0]["name"]
-        buf = io.BytesIO()
-        np.savez(buf, **{name: np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)})
-        assert c.put(f"/v1/models/{m['id']}/samples", content=buf.getvalue()).status_code == 200
-    r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
-    assert r.status_code == 202, r.text
-    job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
-    assert job["status"] == "succeeded", job
-    art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
-    ops = set(art["inspection"]["details"]["op_types"])
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops  # static QDQ, not dynamic quantisation
-    assert art["validation"]["profile"] == "int8" and art["validation"]["status"] == "passed", art["validation"]
-    if calibration == "synthetic":
-        assert any("calibrated on synthetic inputs" in w for w in art["warnings"])
-    else:
-        assert not any("synthetic" in w for w in art["warnings"])
-    row = next(r for r in c.get(f"/v1/models/{m['id']}/report").json()["rows"] if r["artifact_id"] == art["id"])
-    assert row["precision"] == "int8" and row["p50_ms"] is not None and row["validation"] == "passed"
+        assert r.status_code == 202, r.text
+        job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
+        assert job["status"] == "succeeded", (job, c.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
+        art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
+        assert _quantized_activations(target, art), art["inspection"]["details"]
+        calib = art["lineage"]["options"]["calibration"]
+        assert calib == calibration
+        assert art["validation"]["profile"] == "int8" and art["validation"]["status"] == "passed", art["validation"]
+        if calibration == "synthetic":
+            assert any("calibrated on synthetic inputs" in w for w in art["warnings"])
+        else:
+            assert not any("synthetic" in w for w in art["warnings"])
+        r = c.post(f"/v1/models/{m['id']}/conversions", json={**body, "options": {"precision": "fp16",
+                                                                                  "calibration": calibration}})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_options", r.text
+        assert f"calibration={calibration} applies to precision=int8 only" in r.json()["error"]["message"]
+        rows = c.get(f"/v1/models/{m['id']}/report").json()["rows"]
+        row = next(r for r in rows if r["artifact_id"] == art["id"])
+        assert row["precision"] == "int8" and row["p50_ms"] is not None and row["validation"] == "passed"

@@ -215,49 +215,15 @@ def _drop_round_trip_casts(model) -> int:
     return pairs
 
 
-CALIBRATION_SETS = 32
-
-
-def _calibration_feeds(src: Source, path: Path, calibration: str, samples: str | None) -> tuple[list[dict], str]:
-    """Input sets to calibrate on, and where they came from."""
-    import numpy as np
-
-    from app.runners import search
-    from app.runners.inputs import default_inputs
-    from app.runners.onnxruntime_runner import OnnxRuntimeRunner
-
-    runner = OnnxRuntimeRunner(path, "fp32", None)
-    try:
-        specs = runner.inputs()
-        if calibration == "samples":
-            if not samples:
-                raise ConversionError("calibration=samples needs the model's sample inputs: upload them first "
-                                      "(PUT /v1/models/{id}/samples, an .npz)")
-            with np.load(samples, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            missing = [s.name for s in specs if s.name not in arrays]
-            if missing:
-                raise ConversionError(f"the samples lack inputs {', '.join(missing)}")
-            n = min(len(arrays[s.name]) for s in specs)
-            # one row at a time: the batch dim may be fixed to 1, and calibration only needs the ranges
-            return [{s.name: arrays[s.name][i:i + 1] for s in specs} for i in range(n)], f"{n} uploaded sample row(s)"
-        plan = search.find(runner, specs, search.evidence("onnx", path.parent, path.name))
-        if not plan.found:
-            raise ConversionError("calibration=synthetic: " + plan.failure(),
-                                  hint="upload sample inputs and use calibration=samples")
-        sets = [default_inputs(specs, 1, seed, plan) for seed in range(CALIBRATION_SETS)]
-        return sets, f"{CALIBRATION_SETS} generated input set(s) ({'; '.join(plan.why) or 'the model’s own shapes'})"
-    finally:
-        runner.close()
-
-
 def _quantize_static(src: Source, current: Path, work: Path, opts, samples: str | None, details: dict,
                      warns: list[str], large: bool) -> Path:
     """Static QDQ INT8 (onnxruntime.quantization.quantize_static): activations calibrated (MinMax) on
     the samples or on generated inputs the model runs on."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    feeds, where = _calibration_feeds(src, current, opts.calibration, samples)
+    from app.conversion.edges import _calibration
+
+    feeds, where = _calibration.feeds("onnx", current.parent, current.name, opts.calibration, samples)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -280,9 +246,7 @@ def _quantize_static(src: Source, current: Path, work: Path, opts, samples: str 
                             f"per_channel={opts.per_channel}, reduce_range={rr}, MinMax calibration on {where})")
     details["calibration"] = {"kind": opts.calibration, "sets": len(feeds), "source": where}
     if opts.calibration == "synthetic":
-        warns.append("calibrated on synthetic inputs, not real data: activation ranges may not match what the model "
-                     "sees in use, so int8 accuracy can be worse than the validation here shows; upload samples and "
-                     "use calibration=samples")
+        warns.append(_calibration.SYNTHETIC_WARNING)
     return out
 
 

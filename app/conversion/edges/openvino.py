@@ -39,20 +39,38 @@ def _ports(model) -> dict[str, Any]:
     return {"inputs": [port(p) for p in model.inputs], "outputs": [port(p) for p in model.outputs]}
 
 
-def _save(model, out_dir: Path, precision: str, details: dict[str, Any], warns: list[str]) -> str:
+def _save(model, out_dir: Path, precision: str, details: dict[str, Any], warns: list[str],
+          calibrate: tuple[list[dict], str] | None = None) -> str:
     import openvino as ov
 
     if precision == "int8":
         try:
             import nncf
         except ImportError:
-            raise ConversionError("INT8 weight compression needs NNCF, which is not installed in this toolchain",
+            raise ConversionError("INT8 needs NNCF, which is not installed in this toolchain",
                                   tool="nncf", hint="install modelport[openvino] (nncf)") from None
-        try:
-            model = nncf.compress_weights(model)  # INT8_ASYM, per output channel, data-free
-        except Exception as e:
-            raise fail(e, doing="nncf.compress_weights", tool="nncf") from None
-        details["compression"] = "nncf.compress_weights (INT8_ASYM, per-channel, data-free)"
+        if calibrate is not None:  # post-training quantisation: activations too, ranges from the calibration sets
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+            from app.conversion.edges.onnx_opt import _has_vnni
+
+            sets, where = calibrate
+            # without VNNI the u8s8 kernels saturate int16 sums: 7-bit weights everywhere, as reduce_range for ORT
+            fix = OverflowFix.FIRST_LAYER if _has_vnni() else OverflowFix.ENABLE
+            try:
+                model = nncf.quantize(model, nncf.Dataset(sets), subset_size=len(sets),
+                                      advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix))
+            except Exception as e:
+                raise fail(e, doing="nncf.quantize (post-training INT8 quantisation)", tool="nncf") from None
+            details["compression"] = (f"nncf.quantize (INT8 weights and activations, overflow_fix={fix.value}, "
+                                      f"calibrated on {where})")
+            details["calibration"] = {"sets": len(sets), "source": where}
+        else:
+            try:
+                model = nncf.compress_weights(model)  # INT8_ASYM, per output channel, data-free
+            except Exception as e:
+                raise fail(e, doing="nncf.compress_weights", tool="nncf") from None
+            details["compression"] = "nncf.compress_weights (INT8_ASYM, per-channel, data-free)"
         versions_extra = {"nncf": nncf.__version__}
     else:
         versions_extra = {}
@@ -70,6 +88,8 @@ def _save(model, out_dir: Path, precision: str, details: dict[str, Any], warns: 
                               tool="openvino", tool_version=ov.__version__)
     if precision == "int8" and not {"u8", "i8"} & set(types):
         warns.append("NNCF compressed no weight to INT8 (no MatMul/Conv/Embedding weights large enough?)")
+    if calibrate is not None:
+        details["fake_quantize_ops"] = sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
     details["precision"] = precision
     details.update(_ports(model))
     details["files"] = ["model.xml", "model.bin"]
@@ -97,8 +117,21 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
         raise fail(e, doing="openvino.convert_model (ONNX frontend)", tool="openvino",
                    unsupported_hint=_UNSUPPORTED_HINT) from None
     details: dict[str, Any] = {"source_onnx": info}
-    xml = _save(model, out_dir, opts.precision, details, warns)
+    calibrate = _calibration_sets(opts, "onnx", src, options, warns)
+    xml = _save(model, out_dir, opts.precision, details, warns, calibrate)
     return _result(xml, details, warns, "onnx")
+
+
+def _calibration_sets(opts, fmt: str, src: Source, options: dict[str, Any], warns: list[str]):
+    """The calibration sets of a calibrated INT8 request (None otherwise)."""
+    if opts.calibration == "none":
+        return None
+    from app.conversion.edges import _calibration
+
+    if opts.calibration == "synthetic":
+        warns.append(_calibration.SYNTHETIC_WARNING)
+    return _calibration.feeds(fmt, src.primary_path.parent, src.primary_path.name, opts.calibration,
+                              options.get("samples"))
 
 
 def from_program(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
@@ -135,5 +168,6 @@ def from_program(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     else:
         warns.append("the program's inputs do not map one to one onto the IR's; input shapes left as converted")
     details: dict[str, Any] = {"program_input_shapes": shapes}
-    xml = _save(model, out_dir, opts.precision, details, warns)
+    xml = _save(model, out_dir, opts.precision, details, warns, _calibration_sets(opts, "torch_export", src, options,
+                                                                                 warns))
     return _result(xml, details, warns, "torch")

@@ -208,9 +208,13 @@ def _convert(src: Source, out_dir: Path, precision: str, keep: list[str], batch_
 def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     import onnx
 
-    precision = options.get("precision", "fp32")
+    opts = _opts(options)
+    precision = opts.precision
     if precision not in _OUTPUT_SUFFIX:
         raise ConversionError(f"precision must be one of {', '.join(_OUTPUT_SUFFIX)}, got {precision!r}")
+    calibrated = _calibrated(opts)
+    made_as = "fp32" if calibrated else precision  # full-integer: from onnx2tf's float SavedModel
+    quantized: dict[str, Any] = {}
     try:
         model = onnx.load(str(src.primary_path), load_external_data=False)
     except Exception as e:
@@ -225,7 +229,7 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
                      + ", ".join(fixed) + (f"; {'; '.join(why)}" if why else "") + "); the TFLite model runs at "
                      "these sizes only (the batch stays dynamic)")
     try:
-        made = _convert_any_batch(conv_src, out_dir, precision, keep, model, warns)
+        made = _convert_any_batch(conv_src, out_dir, made_as, keep, model, warns)
     except ConversionError as e:
         if conv_src is src:
             raise
@@ -237,15 +241,17 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
         warns.append(f"onnx2tf failed at the fixed sizes ({e.message[:300]}), so the graph was converted with its "
                      "dynamic dims as they are")
         static = None
-        made = _convert_any_batch(src, out_dir, precision, keep, model, warns)
+        made = _convert_any_batch(src, out_dir, made_as, keep, model, warns)
     try:
         _check_builtin_only(made)  # first: a model LiteRT can't load must not look like a batch problem
         if not _runs_batched(made):
             warns.append("the converted model cannot run another batch size than 1 (a Reshape in the graph fixes "
                          "it), so its batch dimension is pinned to 1")
             shutil.rmtree(made.parent, ignore_errors=True)
-            made = _convert(conv_src, out_dir, precision, keep, batch_size=1)
+            made = _convert(conv_src, out_dir, made_as, keep, batch_size=1)
             _check_builtin_only(made)
+        if calibrated:
+            made = _full_integer(made, conv_src, opts, options, quantized, warns)
         shutil.move(str(made), out_dir / "model.tflite")
     finally:
         shutil.rmtree(made.parent, ignore_errors=True)
@@ -257,17 +263,84 @@ def from_onnx(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
                "fixed_dims": static[1] if static is not None else [],
                "onnx_inputs": [i.name for i in model.graph.input if i.name not in inits],
                "onnx_outputs": [o.name for o in model.graph.output]}
-    if precision == "int8":
+    if calibrated:
+        details.update(quantized)
+    elif precision == "int8":
         warns.append("int8 is dynamic-range quantisation: int8 weights, float activations (no calibration data)")
     return Result(primary="model.tflite", details=details, warnings=warns,
                   versions=versions("onnx2tf", "tensorflow", "onnx"))
 
 
+def _opts(options: dict[str, Any]):
+    """The options (ToTfliteOptions, validated when the request was made: the TF toolchain has no
+    pydantic, so they are read as they were stored)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(precision=options.get("precision", "fp32"), calibration=options.get("calibration", "none"))
+
+
+def _calibrated(opts) -> bool:
+    return opts.calibration != "none"  # precision=int8: the options refuse it otherwise
+
+
+def _representative(fmt: str, src: Source, opts, options: dict[str, Any], warns: list[str]):
+    """The calibration sets as a TFLite representative dataset (a generator of input dicts)."""
+    from app.conversion.edges import _calibration
+
+    sets, where = _calibration.feeds(fmt, src.root, src.primary, opts.calibration, options.get("samples"),
+                                     paths=src.paths)
+    if opts.calibration == "synthetic":
+        warns.append(_calibration.SYNTHETIC_WARNING)
+    return sets, where
+
+
+def _full_integer(made: Path, src: Source, opts, options: dict[str, Any], details: dict[str, Any],
+                  warns: list[str]) -> Path:
+    """Full-integer TFLite from the float SavedModel onnx2tf wrote next to ``made``: int8 weights and
+    activations from a representative dataset (the calibration sets), float inputs and outputs."""
+    import tensorflow as tf
+
+    sets, where = _representative("onnx", src, opts, options, warns)
+    saved = made.parent
+    try:
+        loaded = tf.saved_model.load(str(saved))
+        sig = loaded.signatures["serving_default"]
+        names = list(sig.structured_input_signature[1])
+    except Exception as e:
+        raise fail(e, doing="reading onnx2tf's SavedModel for full-integer quantisation", tool="tensorflow") from None
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    data = _tf_convert(converter, "int8", "full-integer quantisation (TFLiteConverter, representative dataset)",
+                       representative=_dataset(sets, names))
+    out = saved / "full_integer.tflite"
+    out.write_bytes(data)
+    details["quantization"] = "full_integer"
+    details["calibration"] = {"sets": len(sets), "source": where}
+    details["steps"] = [f"TFLiteConverter.from_saved_model (onnx2tf's float SavedModel), full-integer INT8 with a "
+                        f"representative dataset of {where}; float inputs and outputs"]
+    return out
+
+
+def _dataset(sets: list[dict], names: list[str] | None):
+    """A representative dataset over ``sets`` keyed by the signature's input ``names`` (by position
+    where the names differ: onnx2tf may rewrite them); ``None``: lists in input order."""
+    def gen():
+        for feeds in sets:
+            values = list(feeds.values())
+            if names is None:
+                yield values
+            elif set(names) <= set(feeds):
+                yield {n: feeds[n] for n in names}
+            else:
+                yield {n: values[i] for i, n in enumerate(names)}
+    return gen
+
+
 # ----------------------------------------------------------------------------- TensorFlow sources
 
 
-def _tf_convert(converter, precision: str, doing: str) -> bytes:
-    """Run a TFLiteConverter with builtin ops only and the precision asked for."""
+def _tf_convert(converter, precision: str, doing: str, representative=None) -> bytes:
+    """Run a TFLiteConverter with builtin ops only and the precision asked for (int8 with a
+    ``representative`` dataset: full-integer, else dynamic range)."""
     import tensorflow as tf
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -275,6 +348,9 @@ def _tf_convert(converter, precision: str, doing: str) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic range (weights)
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
+    if representative is not None:  # every op in int8 (the converter fails naming one that cannot be)
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         return converter.convert()
     except Exception as e:
@@ -285,10 +361,20 @@ def _tf_convert(converter, precision: str, doing: str) -> bytes:
                         "runtime" if select else None) from None
 
 
+def _tf_calibrated(src: Source, opts, options: dict[str, Any], warns: list[str], details: dict[str, Any]):
+    """The representative dataset of a calibrated int8 request from a TensorFlow source, or None."""
+    if not _calibrated(opts):
+        return None
+    sets, where = _representative(src.format, src, opts, options, warns)
+    details["quantization"] = "full_integer"
+    details["calibration"] = {"sets": len(sets), "source": where}
+    return sets
+
+
 def _tf_result(data: bytes, out_dir: Path, precision: str, details: dict[str, Any], warns: list[str]) -> Result:
     (out_dir / "model.tflite").write_bytes(data)
     details["precision"] = precision
-    if precision == "int8":
+    if precision == "int8" and details.get("quantization") != "full_integer":
         warns.append("int8 is dynamic-range quantisation: int8 weights, float activations (no calibration data)")
     return Result(primary="model.tflite", details=details, warnings=warns, versions=versions("tensorflow", "keras",
                                                                                                "tf_keras"))
@@ -298,7 +384,9 @@ def from_savedmodel(src: Source, out_dir: Path, options: dict[str, Any]) -> Resu
     """SavedModel -> TFLite with tf.lite.TFLiteConverter.from_saved_model (its serving signature)."""
     import tensorflow as tf
 
-    precision = options.get("precision", "fp32")
+    opts = _opts(options)
+    precision, warns, details = opts.precision, [], {}
+    sets = _tf_calibrated(src, opts, options, warns, details)
     path = src.primary_path
     folder = path.parent if path.name in ("saved_model.pb", "saved_model.pbtxt") else path
     try:
@@ -313,10 +401,13 @@ def from_savedmodel(src: Source, out_dir: Path, options: dict[str, Any]) -> Resu
         raise ConversionError(f"the SavedModel has no 'serving_default' signature (it has {', '.join(sigs) or 'none'})",
                               tool="tensorflow", hint="save the model with the signature to serve as serving_default")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=[key])
-    data = _tf_convert(converter, precision, "TFLiteConverter.from_saved_model")
-    warns = [f"converted signature '{key}'; the others ({', '.join(s for s in sigs if s != key)}) are not in the "
-             "TFLite file"] if len(sigs) > 1 else []
-    return _tf_result(data, out_dir, precision, {"signature": key}, warns)
+    names = list(tf.saved_model.load(str(folder)).signatures[key].structured_input_signature[1]) if sets else []
+    data = _tf_convert(converter, precision, "TFLiteConverter.from_saved_model",
+                       representative=_dataset(sets, names) if sets else None)
+    if len(sigs) > 1:
+        warns.append(f"converted signature '{key}'; the others ({', '.join(s for s in sigs if s != key)}) are not in "
+                     "the TFLite file")
+    return _tf_result(data, out_dir, precision, {"signature": key, **details}, warns)
 
 
 def from_keras(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
@@ -328,7 +419,9 @@ def from_keras(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     if safety.get("status") == "contains_code":
         raise ConversionError(f"not converted: {safety.get('message', 'the model holds code')}",
                               hint="rebuild the model without Lambda layers (or with registered custom layers)")
-    precision = options.get("precision", "fp32")
+    opts = _opts(options)
+    precision, warns, details = opts.precision, [], {}
+    sets = _tf_calibrated(src, opts, options, warns, details)
     path = src.primary_path
     try:
         if path.suffix == ".keras":
@@ -345,5 +438,6 @@ def from_keras(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
             converter = tf.lite.TFLiteConverter.from_keras_model(model)
     except Exception as e:
         raise fail(e, doing="loading the Keras model", tool="keras" if path.suffix == ".keras" else "tf_keras") from None
-    data = _tf_convert(converter, precision, "TFLiteConverter")
-    return _tf_result(data, out_dir, precision, {"api": "keras" if path.suffix == ".keras" else "tf_keras"}, [])
+    data = _tf_convert(converter, precision, "TFLiteConverter", representative=_dataset(sets, None) if sets else None)
+    return _tf_result(data, out_dir, precision, {"api": "keras" if path.suffix == ".keras" else "tf_keras", **details},
+                      warns)

@@ -1,0 +1,62 @@
+"""Calibration inputs for static INT8 (ONNX QDQ, OpenVINO ``nncf.quantize``, TFLite full-integer):
+the model's uploaded samples, or generated inputs the model runs on (the runnable-input search),
+one row per set. Every calibrated edge takes them from here, so the three runtimes are calibrated
+on the same data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from app.sandbox.io import ConversionError
+
+SETS = 32
+Calibration = Literal["none", "samples", "synthetic"]
+
+
+def field(what: str):
+    """The ``calibration`` option of an INT8-capable edge; ``what`` says what ``none`` means there."""
+    from pydantic import Field  # here: the TF toolchain, which runs feeds(), has no pydantic
+
+    return Field(default="none", description=f"int8: none = {what}; samples = static INT8 calibrated on the "
+                 "model's uploaded samples; synthetic = static INT8 calibrated on generated inputs the model runs on "
+                 "(a warning says accuracy may suffer)")
+
+
+SYNTHETIC_WARNING = ("calibrated on synthetic inputs, not real data: activation ranges may not match what the model "
+                     "sees in use, so int8 accuracy can be worse than the validation here shows; upload samples and "
+                     "use calibration=samples")
+
+
+def feeds(fmt: str, root: Path, primary: str, calibration: str, samples: str | None, *,
+          sets: int = SETS, paths: list[str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Input sets (``{input name: array}``, batch 1) to calibrate ``fmt``'s model at ``root/primary``
+    on, and a sentence saying where they came from."""
+    import numpy as np
+
+    from app.runners import open_runner, search
+    from app.runners.inputs import default_inputs
+
+    runner = open_runner(fmt, Path(root), paths or [primary], primary, precision="fp32")
+    try:
+        specs = runner.inputs()
+        if calibration == "samples":
+            if not samples:
+                raise ConversionError("calibration=samples needs the model's sample inputs: upload them first "
+                                      "(PUT /v1/models/{id}/samples, an .npz)")
+            with np.load(samples, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            missing = [s.name for s in specs if s.name not in arrays]
+            if missing:
+                raise ConversionError(f"the samples lack inputs {', '.join(missing)}")
+            n = min(len(arrays[s.name]) for s in specs)
+            # one row at a time: the batch dim may be fixed to 1, and calibration only needs the ranges
+            return [{s.name: arrays[s.name][i:i + 1] for s in specs} for i in range(n)], f"{n} uploaded sample row(s)"
+        plan = search.find(runner, specs, search.evidence(fmt, Path(root), primary))
+        if not plan.found:
+            raise ConversionError("calibration=synthetic: " + plan.failure(),
+                                  hint="upload sample inputs and use calibration=samples")
+        made = [default_inputs(specs, 1, seed, plan) for seed in range(sets)]
+        return made, f"{sets} generated input set(s) ({'; '.join(plan.why) or 'the model’s own shapes'})"
+    finally:
+        runner.close()
