@@ -119,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    from app.ui import mount as mount_ui
+
+    mount_ui(app)  # /ui: web pages, clients of the routes above (no data of their own)
     return app
 
 

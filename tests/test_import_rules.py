@@ -56,7 +56,15 @@ def test_serving_never_imports_api():
 
 
 def test_nothing_below_api_knows_the_web_framework():
-    assert _violations(("app", "workers"), ("fastapi", "starlette"), allow=("app.api", "app.main")) == []
+    assert _violations(("app", "workers"), ("fastapi", "starlette"), allow=("app.api", "app.main", "app.ui")) == []
+
+
+def test_the_web_ui_is_a_client_of_the_api():
+    """app/ui serves page shells and static files; everything they show comes from the /v1 routes in
+    the browser. It imports nothing of the service (no catalog, no pipeline, not even api/)."""
+    assert "app.ui" in MODULES
+    assert _violations(("app.ui",), ("app",)) == []
+    assert _violations(("app",), ("app.ui",), allow=("app.main", "app.ui")) == []
 
 
 def test_main_and_api_import_no_worker_module_and_no_celery():

@@ -174,7 +174,8 @@ def model_artifacts(model: ModelDep, db: DatabaseDep, store: StoreDep):
 
 @router.get("/v1/models/{model_id}/report", responses={200: {"content": {"text/markdown": {}}}})
 def model_report(model: ModelDep, db: DatabaseDep, format: Annotated[str, Query(pattern="^(json|md)$")] = "json"):
-    """One row per artifact (size, load, latency, throughput, validation) and a recommendation per
+    """One row per artifact (size, load, latency, throughput, validation, whether it is on the Pareto
+    front of size and latency: ``pareto``) and a recommendation per
     priority of the seed's "By Priority" table, each naming the measured numbers behind it."""
     from app.pipeline import report
 
@@ -221,3 +222,13 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
         return await anyio.to_thread.run_sync(samples.attach, db, store, model.id, path, sha, model.inspection)
     finally:
         path.unlink(missing_ok=True)
+
+
+@router.get("/v1/models/{model_id}/example-inputs")
+async def example_inputs(model: ModelDep, store: StoreDep, settings: SettingsDep):
+    """Inputs to try a prediction with, as the JSON ``POST /v1/deployments/{name}/predict`` takes:
+    the model's uploaded samples (``"source": "samples"``; their first row when the batch is free),
+    else one batch of generated values for its inspected inputs (``"source": "generated"``)."""
+    from app.pipeline import examples
+
+    return await anyio.to_thread.run_sync(examples.example_inputs, store, settings, model)

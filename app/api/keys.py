@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import auth
-from app.api.deps import AdminDep, DatabaseDep, SettingsDep
+from app.api.deps import AdminDep, DatabaseDep, PrincipalDep, SettingsDep
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -34,6 +34,14 @@ async def create_key(body: KeyRequest, request: Request, principal: AdminDep, db
 @router.get("")
 def list_keys(principal: AdminDep, db: DatabaseDep):
     return {"items": auth.list_keys(db, principal.project)}
+
+
+@router.get("/current")
+def current_key(request: Request, principal: PrincipalDep):
+    """Who this request acts as: the key's project, scope and id (any scope may ask); with keys off,
+    the default project with every scope and ``"auth_required": false``."""
+    return {"project": principal.project, "scope": principal.scope, "key_id": principal.key_id,
+            "auth_required": request.app.state.auth.required()}
 
 
 @router.delete("/{key_id}")

@@ -52,8 +52,24 @@ def build(s, model) -> dict[str, Any]:
             "max_abs_err": v.max_abs_err if v else None,
             "deployable": bool(v and v.status == "passed"),
         })
+    front = pareto_front(rows)
+    for r in rows:
+        r["pareto"] = r["artifact_id"] in front
     return {"model": {"id": model.id, "name": model.name, "format": model.format, "size_bytes": model.size_bytes},
             "host": host, "rows": rows, "recommendations": recommend(model, rows)}
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> set[str]:
+    """The artifacts no other one beats on both size and p50 latency: the validated, measured rows
+    for which no other such row is as small and as fast, and smaller or faster. The choices worth
+    weighing when both size and speed matter (the latency-vs-size chart marks them)."""
+    cands = [r for r in rows if r["deployable"] and r["p50_ms"] is not None]
+
+    def beaten(r: dict[str, Any]) -> bool:
+        return any(q["size_bytes"] <= r["size_bytes"] and q["p50_ms"] <= r["p50_ms"]
+                   and (q["size_bytes"] < r["size_bytes"] or q["p50_ms"] < r["p50_ms"]) for q in cands)
+
+    return {r["artifact_id"] for r in cands if not beaten(r)}
 
 
 def _fmt_bytes(n: int) -> str:

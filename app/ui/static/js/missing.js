@@ -1,0 +1,3 @@
+import { boot } from "./api.js";
+
+boot(async () => {});
