@@ -141,7 +141,7 @@ def run(mode: str, pt2: Path, timeout_s: float) -> dict[str, Any]:
             steps.append({"job": j["id"], "target": j["target"], "options": j["options"], "kind": st["kind"],
                           "edge": st["edge"], "queue": st["queue"], "status": st["status"],
                           "start_s": round(a - t0, 2), "end_s": round(b - t0, 2), "own_s": round(b - a, 2),
-                          "child_s": st["seconds"]})
+                          "child_s": st["seconds"], "error": (st.get("error") or {}).get("message")})
             if st["kind"] == "convert":
                 convert_end = max(convert_end, b - t0)
             if st["kind"] == "validate":
@@ -164,12 +164,68 @@ def run(mode: str, pt2: Path, timeout_s: float) -> dict[str, Any]:
     }
 
 
+def verdict_times(r: dict[str, Any]) -> list[float]:
+    """When each artifact's validation verdict came, seconds after report-all."""
+    return sorted(s["end_s"] for s in r["steps"] if s["kind"] == "validate")
+
+
+def summarize(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    import statistics
+
+    def mean(mode: str, key) -> float:
+        xs = [key(r) if callable(key) else r[key] for r in runs if r["mode"] == mode]
+        return sum(xs) / len(xs)
+
+    lines = ["", "| run | mode | wall s | sum of steps s | wall / steps | first verdict s | median verdict s | "
+             "verdicts before the longest conversion ended | longest conversion | load 1m before -> after | "
+             "CPU s of the rest of the machine |", "| --- " * 11 + "|"]
+    for i, r in enumerate(runs, 1):
+        lc, v = r["longest_conversion"] or {}, verdict_times(r)
+        lines.append(f"| {i} | {r['mode']} | {r['wall_s']} | {r['steps_sum_s']} | {r['wall_over_steps']} | "
+                     f"{v[0] if v else '-'} | {round(statistics.median(v), 1) if v else '-'} | "
+                     f"{r['verdicts_before_longest_conversion_ended']} of {r['verdicts']} | "
+                     f"{lc.get('edge')} {lc.get('options') or ''} {lc.get('own_s')} s | "
+                     f"{r['load_avg_before'][0]} -> {r['load_avg_after'][0]} | {r['cpu_s_rest_of_machine']} |")
+    failed = sorted({f"{s['edge']} {s['options'] or ''}: {(s.get('error') or '')[:160]}" for r in runs
+                     for s in r["steps"] if s["status"] == "failed"})
+    if failed:
+        lines += ["", "failed steps: " + "; ".join(failed)]
+    summary: dict[str, Any] = {}
+    if {"old", "new"} <= {r["mode"] for r in runs}:
+        def med(r):
+            return statistics.median(verdict_times(r))
+
+        summary = {"new_wall_over_own_steps": round(mean("new", "wall_s") / mean("new", "steps_sum_s"), 3),
+                   "new_wall_over_old_wall": round(mean("new", "wall_s") / mean("old", "wall_s"), 3),
+                   "new_wall_over_old_steps": round(mean("new", "wall_s") / mean("old", "steps_sum_s"), 3),
+                   "old_wall_over_own_steps": round(mean("old", "wall_s") / mean("old", "steps_sum_s"), 3),
+                   "new_median_verdict_over_old": round(mean("new", med) / mean("old", med), 3),
+                   "new_first_verdict_over_old": round(mean("new", lambda r: verdict_times(r)[0])
+                                                       / mean("old", lambda r: verdict_times(r)[0]), 3)}
+        lines += ["", f"new wall / its steps' own times: {summary['new_wall_over_own_steps']} (target <= 0.7)",
+                  f"new wall / old wall:             {summary['new_wall_over_old_wall']}",
+                  f"new wall / old steps' own times: {summary['new_wall_over_old_steps']}",
+                  f"old wall / its steps' own times: {summary['old_wall_over_own_steps']}",
+                  f"median verdict, new / old:       {summary['new_median_verdict_over_old']}",
+                  f"first verdict, new / old:        {summary['new_first_verdict_over_old']}"]
+    return "\n".join(lines), summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--order", default="old,new", help="modes in run order, e.g. old,new,new,old")
     ap.add_argument("--timeout", type=float, default=3600, help="per run, seconds")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--summarize", type=Path, default=None, help="print (and rewrite the .txt of) the summary of "
+                    "a results JSON written by an earlier run, without running anything")
     args = ap.parse_args()
+    if args.summarize:
+        data = json.loads(args.summarize.read_text())
+        text, data["summary"] = summarize(data["runs"])
+        args.summarize.write_text(json.dumps(data, indent=1))
+        args.summarize.with_suffix(".txt").write_text(text + "\n")
+        print(text)
+        return
     import app
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -187,30 +243,7 @@ def main() -> None:
                   f"ratio {r['wall_over_steps']}, jobs {r['job_status']}, load {r['load_avg_before']} -> "
                   f"{r['load_avg_after']}, rest-of-machine CPU {r['cpu_s_rest_of_machine']} s", flush=True)
 
-    def mean(mode: str, key: str) -> float:
-        xs = [r[key] for r in runs if r["mode"] == mode]
-        return sum(xs) / len(xs)
-
-    lines = ["", "| run | mode | wall s | sum of steps s | wall / steps | verdicts before the longest conversion "
-             "ended | longest conversion | load 1m before -> after | CPU s of the rest of the machine |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for i, r in enumerate(runs, 1):
-        lc = r["longest_conversion"] or {}
-        lines.append(f"| {i} | {r['mode']} | {r['wall_s']} | {r['steps_sum_s']} | {r['wall_over_steps']} | "
-                     f"{r['verdicts_before_longest_conversion_ended']} of {r['verdicts']} | "
-                     f"{lc.get('edge')} {lc.get('options') or ''} {lc.get('own_s')} s | "
-                     f"{r['load_avg_before'][0]} -> {r['load_avg_after'][0]} | {r['cpu_s_rest_of_machine']} |")
-    summary: dict[str, Any] = {}
-    if {"old", "new"} <= {r["mode"] for r in runs}:
-        summary = {"new_wall_over_own_steps": round(mean("new", "wall_s") / mean("new", "steps_sum_s"), 3),
-                   "new_wall_over_old_wall": round(mean("new", "wall_s") / mean("old", "wall_s"), 3),
-                   "new_wall_over_old_steps": round(mean("new", "wall_s") / mean("old", "steps_sum_s"), 3),
-                   "old_wall_over_own_steps": round(mean("old", "wall_s") / mean("old", "steps_sum_s"), 3)}
-        lines += ["", f"new wall / its steps' own times: {summary['new_wall_over_own_steps']} (target <= 0.7)",
-                  f"new wall / old wall:             {summary['new_wall_over_old_wall']}",
-                  f"new wall / old steps' own times: {summary['new_wall_over_old_steps']}",
-                  f"old wall / its steps' own times: {summary['old_wall_over_own_steps']}"]
-    text = "\n".join(lines)
+    text, summary = summarize(runs)
     print(text)
     out = args.out or ROOT / "bench" / "results" / f"lanes_{commit}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
