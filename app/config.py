@@ -63,10 +63,18 @@ class Settings(BaseSettings):
                                    "at least a minute, the time a writer has between claiming bytes and "
                                    "committing its reference")
     blob_gc_every_s: float = Field(default=60.0, gt=0, description="how often each worker sweeps")
-    embedded_concurrency: int = Field(default=1, ge=1, le=64)
     toolchains: dict[str, str] = Field(default_factory=dict, description='other toolchains\' interpreters, '
                                        'e.g. {"tf": "/opt/venv-tf/bin/python"}')
     celery_visibility_timeout_s: int = Field(default=7200, gt=0)
+
+    # The embedded executor (no broker_url): steps wait in lanes per kind and queue, so a validation or
+    # benchmark never waits behind a long conversion (app/pipeline/lanes.py; README "Embedded executor").
+    embedded_concurrency: int = Field(default=0, ge=0, le=64, description="steps at once; 0 = one per core, "
+                                      "no more than the memory holds at embedded_step_memory_mb a step")
+    embedded_lanes: bool = Field(default=True, description="false: one FIFO lane for every step (the "
+                                 "executor before lanes)")
+    embedded_step_memory_mb: int = Field(default=4096, gt=0, description="the memory one step is assumed to "
+                                         "hold, for the default concurrency")
 
     # Serving.
     serving_threads: int = Field(default=0, ge=0, description="inference thread pool size; 0 = CPU count")

@@ -228,6 +228,20 @@ def toolchains(settings) -> dict[str, dict[str, Any]]:
     return out
 
 
+def capacity() -> tuple[int, float | None]:
+    """The cores this process may use (affinity, cgroup CPU quota) and the memory it may use in MiB
+    (the smaller of RAM and a cgroup memory limit; None when unknown)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    limits = _cgroup_limits()
+    if limits.get("cpu_limit"):
+        cores = min(cores, max(1, int(limits["cpu_limit"])))
+    mems = [m for m in (_meminfo_total_mib(), limits.get("memory_limit_mib")) if m]
+    return cores, (min(mems) if mems else None)
+
+
 def servable_queues(settings) -> dict[str, str]:
     """Every queue an edge can be routed to -> '' if this host can serve it, else why not."""
     from app.conversion import registry

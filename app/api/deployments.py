@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import DatabaseDep, PrincipalDep
-from app.serving import dataplane, deployments
+from app.api.deps import DatabaseDep, PrincipalDep, StoreDep
+from app.api.zipstream import stream_zip
+from app.serving import dataplane, deployments, export
 from app.serving.runtime import qualified
 
 router = APIRouter(tags=["deployments"])
@@ -69,6 +70,21 @@ def get_deployment(name: str, request: Request, db: DatabaseDep, principal: Prin
 @router.delete("/v1/deployments/{name}", status_code=204)
 def delete_deployment(name: str, request: Request, db: DatabaseDep, principal: PrincipalDep):
     deployments.delete(db, request.app.state.models, name, principal.project)
+
+
+@router.get("/v1/deployments/{name}/export")
+def export_deployment(name: str, db: DatabaseDep, store: StoreDep, principal: PrincipalDep,
+                      format: Annotated[Literal["triton", "kserve"], Query()],
+                      version: Annotated[int | None, Query(ge=1)] = None,
+                      model_name: Annotated[str | None, Query(description="the Triton model's name (default: "
+                                                                          "the deployment's)")] = None):
+    """``triton``: a zip of a Triton model repository (``<model>/config.pbtxt``, ``<model>/<version>/model.*``);
+    ``kserve``: an InferenceService (JSON) whose storageUri is that repository, written into the S3 store."""
+    out = export.export(db, store, name, principal.project, format=format, version=version, model_name=model_name)
+    if out.manifest is not None:
+        return JSONResponse(out.manifest, headers=out.headers)
+    return StreamingResponse(stream_zip(out.entries), media_type="application/zip",
+                             headers={**out.headers, "Content-Disposition": f'attachment; filename="{out.filename}"'})
 
 
 @router.post("/v1/deployments/{name}/predict")

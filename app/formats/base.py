@@ -18,9 +18,28 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from app.errors import ModelportError
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """How Triton Inference Server serves a format, read by ``app/serving/export.py`` (the Triton
+    model repository and the KServe InferenceService on KServe's ``kserve-tritonserver`` runtime)."""
+
+    backend: str  # config.pbtxt ``backend``: onnxruntime, openvino, pytorch, tensorflow, tensorrt
+    filename: str  # what the version directory holds (``default_model_filename``): model.onnx, model.xml, …
+    platform: str = ""  # config.pbtxt ``platform`` where the backend has one: onnxruntime_onnx, pytorch_libtorch, …
+    # "file": the one file as ``filename``; "directory": a folder ``filename`` holding the files as they lie
+    # beside the primary file (which is renamed to ``directory_primary`` when given); "file_or_directory":
+    # "file" for one file, else "directory"; "stem": every file with the primary's stem renamed to ``model``
+    layout: Literal["file", "directory", "file_or_directory", "stem"] = "file"
+    directory_primary: str | None = None
+    output_names: Literal["model", "indexed"] = "model"  # "indexed": OUTPUT__<i> (LibTorch matches by index)
+    threads_parameter: str | None = None  # the backend's intra-op threads parameter, for the deployment's threads
+    kserve_format: tuple[str, str] = ("triton", "2")  # modelFormat (name, version) kserve-tritonserver lists
+    notes: tuple[str, ...] = ()  # said with every export of this format
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,7 @@ class FormatInfo:
     zip_markers: tuple[str | tuple[str, ...], ...] = ()
     packages: tuple[str, ...] = ()  # distributions whose versions matter for reading or converting it
     notes: str = ""
+    triton: TritonModel | None = None  # how Triton serves it (None: no Triton backend runs it; export refuses)
 
 
 @dataclass

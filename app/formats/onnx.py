@@ -14,6 +14,7 @@ from app.formats.base import (
     MalformedModel,
     ModelFiles,
     TensorSpec,
+    TritonModel,
     missing_library,
     prod,
 )
@@ -27,6 +28,9 @@ FORMAT = FormatInfo(
     code_on_load=False,
     runner="onnxruntime_runner",
     packages=("onnx",),
+    triton=TritonModel(backend="onnxruntime", platform="onnxruntime_onnx", filename="model.onnx",
+                       layout="file_or_directory", directory_primary="model.onnx",
+                       threads_parameter="intra_op_thread_count", kserve_format=("onnx", "1")),
 )
 
 

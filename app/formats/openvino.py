@@ -21,6 +21,7 @@ from app.formats.base import (
     MalformedModel,
     ModelFiles,
     TensorSpec,
+    TritonModel,
     missing_library,
     prod,
 )
@@ -35,6 +36,11 @@ FORMAT = FormatInfo(
     code_on_load=False,
     runner="openvino_runner",
     packages=("openvino", "nncf"),
+    triton=TritonModel(backend="openvino", filename="model.xml", layout="stem",
+                       threads_parameter="INFERENCE_NUM_THREADS",
+                       notes=("Triton's openvino backend has no setting that pins f32 inference: on a CPU with "
+                              "bf16 (AVX-512 BF16, AMX) OpenVINO computes in bf16 there, while modelport "
+                              "validated and serves it with INFERENCE_PRECISION_HINT=f32",)),
 )
 
 # IR element_type names (``<data element_type=…>``, ``ov.Type.get_type_name()``) -> numpy-style names.

@@ -34,6 +34,7 @@ from app.formats.base import (
     MalformedModel,
     ModelFiles,
     TensorSpec,
+    TritonModel,
     missing_library,
     prod,
 )
@@ -49,6 +50,8 @@ FORMAT = FormatInfo(
     code_on_load=True,
     runner="tensorflow_runner",
     packages=("tensorflow",),
+    triton=TritonModel(backend="tensorflow", platform="tensorflow_savedmodel", filename="model.savedmodel",
+                       layout="directory", kserve_format=("tensorflow", "2")),
 )
 
 SERVING_DEFAULT = "serving_default"

@@ -35,6 +35,7 @@ from app.formats.base import (
     MalformedModel,
     ModelFiles,
     TensorSpec,
+    TritonModel,
 )
 
 FORMAT = FormatInfo(
@@ -46,6 +47,10 @@ FORMAT = FormatInfo(
     code_on_load=False,
     runner="tensorrt_runner",
     packages=("tensorrt",),
+    triton=TritonModel(backend="tensorrt", platform="tensorrt_plan", filename="model.plan",
+                       kserve_format=("tensorrt", "8"),
+                       notes=("a TensorRT engine runs only on the GPU model and TensorRT version that built it: "
+                              "the Triton image must carry that TensorRT",)),
 )
 
 MAGIC = b"ftrt"

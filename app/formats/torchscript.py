@@ -7,7 +7,15 @@ from __future__ import annotations
 import re
 
 from app.formats import pickles, torchzip
-from app.formats.base import Detection, FormatInfo, Inspection, MalformedModel, ModelFiles, TensorSpec
+from app.formats.base import (
+    Detection,
+    FormatInfo,
+    Inspection,
+    MalformedModel,
+    ModelFiles,
+    TensorSpec,
+    TritonModel,
+)
 
 FORMAT = FormatInfo(
     name="torchscript",
@@ -17,6 +25,10 @@ FORMAT = FormatInfo(
     code_on_load=True,
     runner="torchscript_runner",
     packages=("torch",),
+    triton=TritonModel(backend="pytorch", platform="pytorch_libtorch", filename="model.pt", output_names="indexed",
+                       threads_parameter="INTRA_OP_THREAD_COUNT", kserve_format=("pytorch", "1"),
+                       notes=("LibTorch matches inputs by forward() argument name and outputs by position: "
+                              "they are named OUTPUT__0, OUTPUT__1, …",)),
 )
 
 _SIG = re.compile(r"def forward\(\s*\w+(?:\s*:\s*[\w.]+)?\s*(?:,(?P<args>.*?))?\)\s*(?:->\s*(?P<ret>[^:]+))?:", re.S)

@@ -28,6 +28,10 @@ class ObjectStore(Protocol):
 
     def get_to_path(self, key: str, path: Path) -> None: ...
 
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Copy an object to another key inside the store (server-side on S3); an existing
+        ``dst_key`` is left as it is."""
+
     def delete(self, key: str) -> None: ...
 
     def ping(self) -> None:

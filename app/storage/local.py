@@ -71,6 +71,9 @@ class LocalStore:
         except OSError:
             shutil.copyfile(src, path)
 
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self.put_file(dst_key, self._path(src_key))
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 

@@ -92,6 +92,11 @@ class S3Store:
     def get_to_path(self, key: str, path: Path) -> None:
         self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
 
+    def copy(self, src_key: str, dst_key: str) -> None:
+        if not self.exists(dst_key):  # managed copy: server-side, multipart past 5 GiB
+            self.client.copy({"Bucket": self.bucket, "Key": self._key(src_key)}, self.bucket, self._key(dst_key),
+                             Config=self.transfer)
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
