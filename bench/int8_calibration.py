@@ -77,7 +77,11 @@ def run_model(c, label: str, spec: str, path: str, timeout: float) -> list[dict[
         if r.status_code != 202:
             rows.append({"model": label, "target": target, "variant": what, "error": r.json()["error"]["message"]})
             continue
-        job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": timeout}).json()
+        deadline = time.monotonic() + timeout
+        while True:  # the route long-polls at most 600 s at a time
+            job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
+            if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+                break
         row: dict[str, Any] = {"model": label, "target": target, "variant": what, "job": job["status"]}
         if job.get("artifact_id"):
             art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
