@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatabaseDep, PrincipalDep
+from app.api.schemas import PREDICT_DOC
 from app.serving import dataplane, deployments
 from app.serving.runtime import qualified
 
@@ -22,6 +23,10 @@ class RuntimeSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=256, description="intra-op threads of this deployment")
     precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8)$",
                            description="compute precision, pinned (OpenVINO would otherwise pick bf16 here)")
+    max_rows: int | None = Field(default=None, ge=1, le=1 << 20, description="rows of one request, at most "
+                                 "(default and ceiling: MODELPORT_SERVING_MAX_ROWS); more get 413 before running")
+    max_output_mb: float | None = Field(default=None, gt=0, le=1 << 20, description="estimated outputs of one "
+                                        "request, at most (default and ceiling: MODELPORT_SERVING_MAX_OUTPUT_BYTES)")
 
 
 class BatchingSettings(BaseModel):
@@ -39,7 +44,7 @@ class DeployRequest(BaseModel):
     artifact_id: str | None = Field(default=None, description="a converted artifact (its validation must have passed)")
     model_id: str | None = Field(default=None, description="or the uploaded model itself, when a runner exists for "
                                                            "its format (it is its own reference: no validation)")
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     force: bool = Field(default=False, description="deploy even though validation did not pass")
@@ -71,7 +76,7 @@ def delete_deployment(name: str, request: Request, db: DatabaseDep, principal: P
     deployments.delete(db, request.app.state.models, name, principal.project)
 
 
-@router.post("/v1/deployments/{name}/predict")
+@router.post("/v1/deployments/{name}/predict", openapi_extra=PREDICT_DOC)
 async def predict(name: str, request: Request, principal: PrincipalDep,
                   version: Annotated[str | None, Query()] = None):
     """Inputs as JSON ``{"inputs": {"x": [[...]]}}``, one ``.npy`` (a single-input model) or an ``.npz``
