@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     request_body_timeout_s: float = Field(default=60.0, gt=0, description="the longest wait for the next piece of a "
                                           "request body")
     max_header_bytes: int = Field(default=64 * 1024, gt=0, description="request line and headers, at most")
+    rate_limit_uploads_per_minute: int = Field(default=0, ge=0, description="uploads (and sample uploads) one "
+                                               "client (API key, else address) may start a minute; 0 = no limit")
+    rate_limit_inference_per_second: float = Field(default=0.0, ge=0, description="inference requests one client may "
+                                                   "send a second (bursts up to that many); 0 = no limit")
 
     # Inspection runs in a child process so a hostile file cannot take the API down.
     inspect_timeout_s: float = Field(default=120.0, gt=0)

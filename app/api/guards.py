@@ -7,6 +7,9 @@ connection.
   Content-Length first and while it arrives); a body whose next chunk takes longer than
   ``MODELPORT_REQUEST_BODY_TIMEOUT_S`` is abandoned with 408 (a slow client cannot hold a
   connection and a worker thread forever).
+- rate limits per client (its API key's id, else its address) on the upload routes
+  (``MODELPORT_RATE_LIMIT_UPLOADS_PER_MINUTE``) and the inference routes
+  (``MODELPORT_RATE_LIMIT_INFERENCE_PER_SECOND``): token buckets, 429 with Retry-After; 0 = off.
 - ``app.api.server.GuardedHttpToolsProtocol`` (uvicorn): a request whose headers are not complete within
   ``MODELPORT_REQUEST_HEADER_TIMEOUT_S`` of its first byte (or of the connection) is closed with
   408, and header bytes past ``MODELPORT_MAX_HEADER_BYTES`` get 431 — uvicorn bounds only the
@@ -36,6 +39,9 @@ def _bad_chars(raw: bytes) -> bool:
 class RequestGuard:
     def __init__(self, app, settings):
         self.app, self.settings = app, settings
+        self.uploads = Buckets(settings.rate_limit_uploads_per_minute / 60.0, settings.rate_limit_uploads_per_minute)
+        rate = settings.rate_limit_inference_per_second
+        self.inference = Buckets(rate, max(1.0, rate))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("modelport.guarded"):
@@ -45,6 +51,9 @@ class RequestGuard:
         if _bad_chars(path) or _bad_chars(scope.get("query_string", b"")):
             return await _answer(send, scope, 422, "invalid_request",
                                  "the path or query string holds a NUL or control character")
+        refused = self._rate_limited(scope)
+        if refused is not None:
+            return await refused(send)
         limit = self._json_limit(scope)
         if limit is not None:
             declared = _header(scope, b"content-length")
@@ -53,6 +62,24 @@ class RequestGuard:
                                      f"a JSON body of this route may have at most {limit} bytes "
                                      "(MODELPORT_MAX_JSON_BODY_BYTES)")
         await self.app(scope, self._receive(receive, limit), send)
+
+    def _rate_limited(self, scope):
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):
+            buckets, what = self.inference, "inference requests (MODELPORT_RATE_LIMIT_INFERENCE_PER_SECOND)"
+        elif (method == "POST" and path.rstrip("/") == "/v1/models") or (method == "PUT" and path.endswith("/samples")):
+            buckets, what = self.uploads, "uploads (MODELPORT_RATE_LIMIT_UPLOADS_PER_MINUTE)"
+        else:
+            return None
+        wait = buckets.take(_client_id(scope))
+        if wait is None:
+            return None
+
+        async def refuse(send):
+            await _answer(send, scope, 429, "rate_limited", f"too many {what} from this client; retry in {wait:.1f} s",
+                          headers=[(b"retry-after", str(max(1, int(wait + 0.999))).encode())])
+
+        return refuse
 
     def _json_limit(self, scope) -> int | None:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -95,12 +122,59 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def _answer(send, scope, status: int, code: str, message: str) -> None:
+async def _answer(send, scope, status: int, code: str, message: str, headers=()) -> None:
     if scope["path"].startswith("/v2/"):
         body = json.dumps({"error": message}).encode()
     else:
         body = json.dumps({"error": {"code": code, "message": message, "detail": {}}}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
+
+
+def _client_id(scope) -> str:
+    """Whom a rate limit counts: the API key's id (``mp_<id>_…``: never the secret), else the address."""
+    import re
+
+    for name in (b"authorization", b"x-api-key"):
+        value = _header(scope, name)
+        if value:
+            m = re.search(r"mp_([0-9a-f]{8})_", value)
+            if m:
+                return "key:" + m.group(1)
+    client = scope.get("client") or ("?", 0)
+    return "addr:" + str(client[0])
+
+
+class Buckets:
+    """Token buckets per client: ``rate`` tokens a second, ``burst`` at most; rate 0 is no limit.
+    At most ``MAX_CLIENTS`` are remembered (the least recently seen go first)."""
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, rate: float, burst: float):
+        from collections import OrderedDict
+
+        self.rate, self.burst = rate, burst
+        self.state: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> float | None:
+        """None when ``client`` may go on now (a token taken), else the seconds until it may."""
+        import time
+
+        if self.rate <= 0:
+            return None
+        now = time.monotonic()
+        tokens, seen = self.state.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - seen) * self.rate)
+        if tokens >= 1:
+            self.state[client] = (tokens - 1, now)
+            wait = None
+        else:
+            self.state[client] = (tokens, now)
+            wait = (1 - tokens) / self.rate
+        while len(self.state) > self.MAX_CLIENTS:
+            self.state.popitem(last=False)
+        return wait
