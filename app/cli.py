@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         import uvicorn
 
-        from app.main import create_asgi
+        from app.main import create_asgi, http_protocol
 
         refused = keys_cli.serve_guard(settings, args.host or settings.host, args.insecure)
         if refused is not None:
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         # no per-request access log or proxy-header rewriting on the hot path (set log level debug for
         # request logs); the inference routes bypass FastAPI's routing (app.api.fastpath)
         uvicorn.run(create_asgi(settings), host=args.host or settings.host, port=args.port or settings.port,
-                    log_level=settings.log_level, http="httptools", access_log=settings.log_level == "debug",
+                    log_level=settings.log_level, http=http_protocol(settings),
+                    access_log=settings.log_level == "debug",
                     proxy_headers=False, server_header=False)
         return 0
     if args.cmd == "db":
@@ -103,7 +104,7 @@ def _worker(settings, args) -> int:
 
     from app import host
     from app.ingest import blobs
-    from app.pipeline import jobs
+    from app.pipeline import dispatch, jobs
 
     if not settings.broker_url:
         print("modelport worker: set MODELPORT_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker "
@@ -134,6 +135,7 @@ def _worker(settings, args) -> int:
             try:
                 jobs.announce(ctx["db"], wid, requested, caps)
                 jobs.reap(ctx["db"], ctx["dispatcher"], settings)
+                dispatch.relay_due(ctx["db"], ctx["dispatcher"])  # messages the broker missed while down
             except Exception as e:  # keep beating through a database blip
                 print(f"modelport worker: heartbeat failed: {e}", file=sys.stderr)
 

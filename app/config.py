@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     archive_max_ratio: float = Field(default=200.0, gt=1)
     accept_unknown_formats: bool = False
 
+    # Limits on every request (app/api/guards.py).
+    max_json_body_bytes: int = Field(default=1024**2, gt=0, description="JSON bodies of the routes that take small "
+                                     "documents (conversions, deployments, keys…); uploads and inference have their own")
+    request_header_timeout_s: float = Field(default=30.0, gt=0, description="a request's headers must arrive within this")
+    request_body_timeout_s: float = Field(default=60.0, gt=0, description="the longest wait for the next piece of a "
+                                          "request body")
+    max_header_bytes: int = Field(default=64 * 1024, gt=0, description="request line and headers, at most")
+    rate_limit_uploads_per_minute: int = Field(default=0, ge=0, description="uploads (and sample uploads) one "
+                                               "client (API key, else address) may start a minute; 0 = no limit")
+    rate_limit_inference_per_second: float = Field(default=0.0, ge=0, description="inference requests one client may "
+                                                   "send a second (bursts up to that many); 0 = no limit")
+
     # Inspection runs in a child process so a hostile file cannot take the API down.
     inspect_timeout_s: float = Field(default=120.0, gt=0)
     inspect_memory_mb: int = Field(default=4096, gt=0)
@@ -81,6 +93,14 @@ class Settings(BaseSettings):
     serving_memory_budget_mb: int = Field(default=8192, gt=0)
     serving_load: Literal["lazy", "eager"] = "lazy"
     serving_max_body_bytes: int = Field(default=256 * 1024**2, gt=0, description="largest inference request")
+    serving_max_rows: int = Field(default=4096, gt=0, description="rows (the batch dimension) of one inference "
+                                  "request, at most; a deployment's runtime.max_rows may lower it")
+    serving_max_input_bytes: int = Field(default=64 * 1024**2, gt=0, description="decoded input tensors of one "
+                                         "request (an .npz unpacked, JSON numbers as arrays), at most")
+    serving_max_output_bytes: int = Field(default=256 * 1024**2, gt=0, description="outputs one request may make, "
+                                          "at most: estimated before running from the output shapes and the "
+                                          "bytes per row measured at load; a deployment's runtime.max_output_mb "
+                                          "may lower it")
     serving_inline_us: float = Field(default=50.0, ge=0, description="a deployment whose batch-1 call takes less "
                                      "than this (median of 21 probes at load) runs batch-1 requests on the event "
                                      "loop: the hop to a thread costs more; 0 = always use the thread pool")

@@ -66,3 +66,8 @@ class Unprocessable(ModelportError):
 class ServiceUnavailable(ModelportError):
     status_code = 503
     code = "unavailable"
+
+
+class InsufficientStorage(ModelportError):
+    status_code = 507
+    code = "insufficient_storage"

@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatabaseDep, PrincipalDep, StoreDep
+from app.api.schemas import PREDICT_DOC
 from app.api.zipstream import stream_zip
+from app.limits import content_disposition
 from app.serving import dataplane, deployments, export
 from app.serving.runtime import qualified
 
@@ -23,6 +25,10 @@ class RuntimeSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=256, description="intra-op threads of this deployment")
     precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8)$",
                            description="compute precision, pinned (OpenVINO would otherwise pick bf16 here)")
+    max_rows: int | None = Field(default=None, ge=1, le=1 << 20, description="rows of one request, at most "
+                                 "(default and ceiling: MODELPORT_SERVING_MAX_ROWS); more get 413 before running")
+    max_output_mb: float | None = Field(default=None, gt=0, le=1 << 20, description="estimated outputs of one "
+                                        "request, at most (default and ceiling: MODELPORT_SERVING_MAX_OUTPUT_BYTES)")
 
 
 class BatchingSettings(BaseModel):
@@ -40,7 +46,7 @@ class DeployRequest(BaseModel):
     artifact_id: str | None = Field(default=None, description="a converted artifact (its validation must have passed)")
     model_id: str | None = Field(default=None, description="or the uploaded model itself, when a runner exists for "
                                                            "its format (it is its own reference: no validation)")
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     force: bool = Field(default=False, description="deploy even though validation did not pass")
@@ -84,10 +90,10 @@ def export_deployment(name: str, db: DatabaseDep, store: StoreDep, principal: Pr
     if out.manifest is not None:
         return JSONResponse(out.manifest, headers=out.headers)
     return StreamingResponse(stream_zip(out.entries), media_type="application/zip",
-                             headers={**out.headers, "Content-Disposition": f'attachment; filename="{out.filename}"'})
+                             headers={**out.headers, "Content-Disposition": content_disposition(out.filename)})
 
 
-@router.post("/v1/deployments/{name}/predict")
+@router.post("/v1/deployments/{name}/predict", openapi_extra=PREDICT_DOC)
 async def predict(name: str, request: Request, principal: PrincipalDep,
                   version: Annotated[str | None, Query()] = None):
     """Inputs as JSON ``{"inputs": {"x": [[...]]}}``, one ``.npy`` (a single-input model) or an ``.npz``

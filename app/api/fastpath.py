@@ -9,19 +9,29 @@ import json
 import re
 from urllib.parse import parse_qs, unquote
 
+from app.errors import ModelportError
+
 V2 = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 V1 = re.compile(r"^/v1/deployments/([^/]+)/predict$")
 
 
 class FastPath:
-    def __init__(self, app):
+    def __init__(self, app, settings=None):
         self.app = app
+        self._entry = self._call
+        if settings is not None:  # the request guard (app.api.guards) in front of both paths
+            from app.api.guards import RequestGuard
+
+            self._entry = RequestGuard(self._call, settings)
+
+    async def __call__(self, scope, receive, send):
+        await self._entry(scope, receive, send)
 
     @property
     def state(self):  # the FastAPI app's state (tests and tools reach through the wrapper)
         return self.app.state
 
-    async def __call__(self, scope, receive, send):
+    async def _call(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             m = V2.match(path)
@@ -95,6 +105,9 @@ class FastPath:
         except OverflowError as e:
             return await self._send(send, 413, {"content-type": "application/json"},
                                     json.dumps({"error": str(e)}).encode())
+        except ModelportError as e:  # the body stopped arriving (app.api.guards)
+            return await self._send(send, e.status_code, {"content-type": "application/json", "connection": "close"},
+                                    json.dumps({"error": e.message}).encode())
         hl = self._headers(scope).get(b"inference-header-content-length")
         status, headers, payload = await run_infer(self.app.state, name, version,
                                                    hl.decode("latin-1") if hl is not None else None, body)
@@ -117,6 +130,9 @@ class FastPath:
         except OverflowError as e:
             err = {"error": {"code": "payload_too_large", "message": str(e), "detail": {}}}
             return await self._send(send, 413, {"content-type": "application/json"}, json.dumps(err).encode())
+        except ModelportError as e:  # the body stopped arriving (app.api.guards)
+            return await self._send(send, e.status_code, {"content-type": "application/json", "connection": "close"},
+                                    json.dumps(e.to_dict()).encode())
         h = self._headers(scope)
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         version = qs.get("version", [None])[0]

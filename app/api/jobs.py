@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ArtifactDep, DatabaseDep, ModelDep, PrincipalDep, SettingsDep, StoreDep
-from app.api.schemas import artifact_out, benchmark_out, job_out, validation_out
+from app.api.schemas import BYTES, NPZ_BODY, artifact_out, benchmark_out, job_out, validation_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
 from app.errors import NotFound
+from app.limits import content_disposition
 from app.pipeline import jobs
 from app.storage import blob_key
 
@@ -75,7 +76,8 @@ async def get_job(job_id: str, db: DatabaseDep, principal: PrincipalDep,
 
 @router.get("/v1/jobs")
 def list_jobs(db: DatabaseDep, principal: PrincipalDep, model_id: str | None = None, status: str | None = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0):
     with db.session() as s:
         rows, total = repo.list_jobs(s, project=principal.project, model_id=model_id, status=status, limit=limit,
                                      offset=offset)
@@ -98,7 +100,7 @@ def job_callbacks(job_id: str, db: DatabaseDep, principal: PrincipalDep):
         return {"items": [callbacks.view(d) for d in repo.deliveries_of(s, job_id)]}
 
 
-@router.get("/v1/jobs/{job_id}/logs", response_class=PlainTextResponse)
+@router.get("/v1/jobs/{job_id}/logs", responses={200: {"content": {"text/plain": {}}, "description": "the log"}})
 def job_logs(job_id: str, db: DatabaseDep, principal: PrincipalDep):
     job = _job(db, job_id, principal.project)
     parts = [f"### step {st.index}: {st.edge} [{st.status}]\n{st.log}" for st in job.steps]
@@ -131,10 +133,10 @@ def list_validations(artifact_id: str, art: ArtifactDep, db: DatabaseDep):
 class BenchmarkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_sizes: list[int] = Field(default=[1, 8])
-    threads: int | None = None
-    max_seconds: float = 30
-    precision: str = "fp32"
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[1, 8], min_length=1, max_length=16)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    max_seconds: float = Field(default=30, gt=0, le=3600)
+    precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8)$")
 
 
 @router.post("/v1/artifacts/{artifact_id}/benchmarks", status_code=202)
@@ -152,16 +154,16 @@ def list_benchmarks(artifact_id: str, art: ArtifactDep, db: DatabaseDep):
         return {"items": [benchmark_out(b) for b in repo.benchmarks_of(s, artifact_id)]}
 
 
-@router.get("/v1/artifacts/{artifact_id}/download")
+@router.get("/v1/artifacts/{artifact_id}/download", responses={200: {"content": BYTES, "description": "the file, or a zip"}})
 def download_artifact(art: ArtifactDep, store: StoreDep):
     if art.file_count == 1:
         f = art.files[0]
         return StreamingResponse(store.iter_chunks(blob_key(f.sha256)), media_type="application/octet-stream",
-                                 headers={"Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"',
+                                 headers={"Content-Disposition": content_disposition(f.path),
                                           "Content-Length": str(f.size_bytes), "ETag": f'"{f.sha256}"'})
     entries = [(f.path, f.size_bytes, (lambda k=blob_key(f.sha256): store.iter_chunks(k))) for f in art.files]
     return StreamingResponse(stream_zip(entries), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="artifact-{art.id}.zip"'})
+                             headers={"Content-Disposition": content_disposition(f"artifact-{art.id}.zip")})
 
 
 @router.get("/v1/models/{model_id}/artifacts")
@@ -209,7 +211,7 @@ async def report_all(model: ModelDep, request: Request, db: DatabaseDep, setting
                          "report": f"/v1/models/{model.id}/report"}, status_code=202)
 
 
-@router.put("/v1/models/{model_id}/samples", status_code=200)
+@router.put("/v1/models/{model_id}/samples", status_code=200, openapi_extra=NPZ_BODY)
 async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, store: StoreDep,
                          settings: SettingsDep):
     """Sample inputs for validation: an .npz (no pickles) with one array per model input.

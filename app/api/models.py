@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api import upload_stream
 from app.api.deps import DatabaseDep, ModelDep, PrincipalDep, SettingsDep, StoreDep
-from app.api.schemas import model_out
+from app.api.schemas import BYTES, UPLOAD_BODY, model_out
 from app.api.zipstream import stream_zip
 from app.catalog import repo
 from app.errors import NotFound
 from app.ingest import uploads
+from app.limits import content_disposition
 from app.storage import blob_key
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -29,9 +30,9 @@ fields, or send the **raw file** as the body (`application/octet-stream`, `appli
 `.tar` or `.tar.gz`. The same content uploaded again returns the existing model with 200."""
 
 
-@router.post("", status_code=201, description=UPLOAD_DOC,
+@router.post("", status_code=201, description=UPLOAD_DOC, openapi_extra=UPLOAD_BODY,
              responses={200: {"description": "the same content was already uploaded"},
-                        201: {"description": "created"}, 413: {}, 415: {}, 422: {}})
+                        201: {"description": "created"}})
 async def upload_model(
     request: Request,
     settings: SettingsDep,
@@ -58,7 +59,7 @@ def list_models(
     format: str | None = None,
     name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ):
     with db.session() as s:
         rows, total = repo.list_models(s, project=principal.project, format=format, name=name, limit=limit,
@@ -71,7 +72,7 @@ def get_model(model: ModelDep):
     return model_out(model)
 
 
-@router.get("/{model_id}/download")
+@router.get("/{model_id}/download", responses={200: {"content": BYTES, "description": "the file, or a zip of them"}})
 def download_model(model: ModelDep, store: StoreDep, file: str | None = None):
     """The model's bytes: the file itself for a single-file model, a zip of its files otherwise
     (``?file=path`` picks one file)."""
@@ -81,12 +82,12 @@ def download_model(model: ModelDep, store: StoreDep, file: str | None = None):
         fname = f.path.rsplit("/", 1)[-1]
         return StreamingResponse(
             store.iter_chunks(blob_key(f.sha256)), media_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{fname}"', "Content-Length": str(f.size_bytes),
+            headers={"Content-Disposition": content_disposition(fname), "Content-Length": str(f.size_bytes),
                      "ETag": f'"{f.sha256}"'})
     entries = [(f.path, f.size_bytes, (lambda k=blob_key(f.sha256): store.iter_chunks(k))) for f in chosen]
     return StreamingResponse(
         stream_zip(entries), media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{_safe(model.name)}.zip"'})
+        headers={"Content-Disposition": content_disposition(f"{model.name}.zip")})
 
 
 def _chosen(model, file: str | None) -> list:
@@ -97,10 +98,6 @@ def _chosen(model, file: str | None) -> list:
         raise NotFound(f"model '{model.id}' has no file '{file}'", code="file_not_found",
                        detail={"files": sorted(files)})
     return [files[file]]
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
 @router.delete("/{model_id}", status_code=204)

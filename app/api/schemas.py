@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.catalog.tables import Model
+from app.limits import renderable
 
 
 def model_out(m: Model) -> dict[str, Any]:
@@ -12,7 +13,7 @@ def model_out(m: Model) -> dict[str, Any]:
         "id": m.id,
         "name": m.name,
         "format": m.format,
-        "format_title": m.inspection.get("format_title"),
+        "format_title": (m.inspection or {}).get("format_title"),
         "digest": m.digest,
         "size_bytes": m.size_bytes,
         "file_count": m.file_count,
@@ -20,9 +21,9 @@ def model_out(m: Model) -> dict[str, Any]:
         "is_directory": m.is_directory,
         "original_filename": m.original_filename,
         "files": [{"path": f.path, "sha256": f.sha256, "size_bytes": f.size_bytes} for f in m.files],
-        "metadata": m.user_metadata,
-        "warnings": m.warnings,
-        "inspection": m.inspection,
+        "metadata": renderable(m.user_metadata),  # stored values render whatever they hold
+        "warnings": renderable(m.warnings),
+        "inspection": renderable(m.inspection),
         "created_at": m.created_at.isoformat(),
         "links": {"self": f"/v1/models/{m.id}", "download": f"/v1/models/{m.id}/download"},
     }
@@ -57,7 +58,7 @@ def validation_out(v) -> dict[str, Any] | None:
     if v is None:
         return None
     return {"id": v.id, "status": v.status, "reason": v.reason, "profile": v.profile, "reference": v.reference,
-            "max_abs_err": v.max_abs_err, "worst_output": v.worst_output, "report": v.report,
+            "max_abs_err": renderable(v.max_abs_err), "worst_output": v.worst_output, "report": renderable(v.report),
             "created_at": _iso(v.created_at)}
 
 
@@ -66,7 +67,7 @@ def benchmark_out(b) -> dict[str, Any] | None:
         return None
     return {"id": b.id, "status": b.status, "reason": b.reason, "settings": b.settings, "load_ms": b.load_ms,
             "p50_ms": b.p50_ms, "p99_ms": b.p99_ms, "throughput": b.throughput, "host": b.host,
-            "results": b.results, "object_key": b.object_key, "created_at": _iso(b.created_at)}
+            "results": renderable(b.results), "object_key": b.object_key, "created_at": _iso(b.created_at)}
 
 
 def artifact_out(a, download_url: str | None = None, validation=None, benchmark=None) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def artifact_out(a, download_url: str | None = None, validation=None, benchmark=
         "lineage": {"model_id": a.model_id, "parent_artifact_id": a.parent_artifact_id, "job_id": a.job_id,
                     "step_id": a.step_id, "edge": a.edge, "options": a.options, "toolchain": a.toolchain,
                     "host": a.host},
-        "inspection": a.inspection, "warnings": a.warnings, "created_at": _iso(a.created_at),
+        "inspection": renderable(a.inspection), "warnings": renderable(a.warnings), "created_at": _iso(a.created_at),
         "download_url": download_url,
         "validation": validation_out(validation), "benchmark": benchmark_out(benchmark),
         "deployable": validation is not None and validation.status == "passed",
@@ -87,3 +88,63 @@ def artifact_out(a, download_url: str | None = None, validation=None, benchmark=
 
 def _iso(v) -> str | None:
     return v.isoformat() if v is not None else None
+
+
+
+# ------------------------------------------------------------------ documented errors (OpenAPI)
+
+from pydantic import BaseModel  # noqa: E402
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    detail: dict[str, Any] = {}
+
+
+class ErrorBody(BaseModel):
+    """Every v1 error: ``{"error": {"code", "message", "detail"}}``."""
+
+    error: ErrorDetail
+
+
+class V2ErrorBody(BaseModel):
+    """KServe v2 errors are ``{"error": "..."}``; a refused key answers in the v1 shape there too."""
+
+    error: str | ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {"default": {"model": ErrorBody, "description": "an error (4xx, 5xx)"}}
+V2_ERRORS: dict[int | str, dict[str, Any]] = {"default": {"model": V2ErrorBody, "description": "an error (4xx, 5xx)"}}
+BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+         "application/zip": {"schema": {"type": "string", "format": "binary"}}}
+
+PREDICT_DOC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+            "inputs": {"type": "object", "additionalProperties": {}}}}},
+        "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        "application/x-npz": {"schema": {"type": "string", "format": "binary"}}}},
+    "responses": {"200": {"description": "the outputs", "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"outputs": {"type": "object"}}}},
+        "application/x-npz": {"schema": {"type": "string", "format": "binary"}}}}}}
+_V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "parameters": {"type": "object"}, "data": {}}}
+INFER_DOC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "inputs": {"type": "array", "items": _V2_TENSOR},
+            "outputs": {"type": "array", "items": {"type": "object"}}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    "responses": {"200": {"description": "the outputs (JSON, or JSON then binary tensors)", "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}}
+UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "name": {"type": "string"}, "metadata": {"type": "string", "description": "a JSON object"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+NPZ_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}

@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.ingest.uploads import Received, Upload, check_name
+from app.limits import MAX_JSON_DEPTH, ascii_int, check_name_chars, has_nul, raw_json_depth
 
 FLUSH = 4 * 1024 * 1024
 _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="modelport-upload")  # hand work to a thread in 4 MiB pieces: one hop per piece, not per network chunk
@@ -80,8 +81,8 @@ class _Budget:
 async def receive(request: Request, settings, *, filename: str | None, name: str | None,
                   metadata: str | None) -> Upload:
     """Stream the request body into a fresh work directory. Caller removes ``upload.workdir``."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+    declared = ascii_int(request.headers.get("content-length"))
+    if declared is not None and declared > settings.max_upload_bytes + 64 * 1024:
         raise PayloadTooLarge(f"upload is larger than the limit of {settings.max_upload_bytes} bytes "
                               "(MODELPORT_MAX_UPLOAD_BYTES)", detail={"limit_bytes": settings.max_upload_bytes})
     from starlette.requests import ClientDisconnect
@@ -113,7 +114,7 @@ async def receive(request: Request, settings, *, filename: str | None, name: str
                 f"content type '{ctype}' is not accepted: send multipart/form-data, or the raw file as "
                 "application/octet-stream (or application/zip, application/gzip, application/x-tar)",
                 code="unsupported_content_type")
-        if declared and declared.isdigit() and up.body_bytes != int(declared):
+        if declared is not None and up.body_bytes != declared:
             raise BadRequest(f"the body has {up.body_bytes} bytes but Content-Length said {declared}",
                              code="upload_interrupted")
         if not up.files:
@@ -122,6 +123,11 @@ async def receive(request: Request, settings, *, filename: str | None, name: str
             if rec.size == 0:
                 raise BadRequest(f"'{rec.path}' is empty (0 bytes)", code="empty_upload", detail={"file": rec.path})
         up.original_filename = up.files[0].path if len(up.files) == 1 else None
+        if up.name is not None:
+            try:
+                check_name_chars(up.name[:255], "the model name", components=False)
+            except ValueError as e:
+                raise BadRequest(str(e), code="bad_name") from None
         return up
     except ClientDisconnect:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -138,17 +144,37 @@ async def _body(request: Request, up: Upload):
 
 
 def _parse_metadata(raw: str | None) -> dict[str, Any]:
+    """The metadata JSON object, checked before it is parsed and stored: at most 64 KiB, nested at most
+    ``MAX_JSON_DEPTH`` deep (a stored value must render in every later list)."""
     if raw is None or raw == "":
         return {}
-    try:
-        value = json.loads(raw)
+    if len(raw) > 64 * 1024:
+        raise BadRequest("metadata is larger than 64 KiB", code="bad_metadata")
+    if raw_json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"metadata nests deeper than {MAX_JSON_DEPTH} levels", code="bad_metadata",
+                         detail={"max_depth": MAX_JSON_DEPTH})
+    try:  # NaN and infinities are not JSON (PostgreSQL's jsonb refuses them)
+        value = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except ValueError as e:
         raise BadRequest(f"metadata must be a JSON object: {e}", code="bad_metadata") from None
     if not isinstance(value, dict):
         raise BadRequest("metadata must be a JSON object", code="bad_metadata")
-    if len(raw) > 64 * 1024:
-        raise BadRequest("metadata is larger than 64 KiB", code="bad_metadata")
+    if has_nul(value):
+        raise BadRequest("metadata holds a NUL character (\\u0000), which cannot be stored", code="bad_metadata")
     return value
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    import math
+
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{text[:40]} is out of range for a number")
+    return v
 
 
 def _disposition_filename(header: str) -> str | None:

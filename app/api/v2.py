@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app import __version__
 from app.api.deps import PrincipalDep
+from app.api.schemas import INFER_DOC
 from app.auth import Principal
 from app.serving import dataplane
 from app.serving.runtime import ServingError, qualified
@@ -30,12 +31,12 @@ def server_metadata():
     return {"name": "modelport", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-@health_router.get("/health/live")
+@health_router.get("/health/live", response_class=Response)
 def live():
     return Response(status_code=200)
 
 
-@health_router.get("/health/ready")
+@health_router.get("/health/ready", response_class=Response)
 def ready(request: Request):
     try:
         from app.catalog.db import ping
@@ -99,12 +100,12 @@ def _ready(request: Request, name: str, version: str | None) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", response_class=Response)
 def model_ready(name: str, request: Request, principal: PrincipalDep):
     return _ready(request, qualified(principal.project, name), None)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", response_class=Response)
 def model_version_ready(name: str, version: str, request: Request, principal: PrincipalDep):
     return _ready(request, qualified(principal.project, name), version)
 
@@ -116,11 +117,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return Response(payload, status_code=status, headers=headers)
 
 
-@router.post("/models/{name}/infer")
+@router.post("/models/{name}/infer", openapi_extra=INFER_DOC)
 async def infer(name: str, request: Request, principal: PrincipalDep):
     return await _infer(request, qualified(principal.project, name), None)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOC)
 async def infer_version(name: str, version: str, request: Request, principal: PrincipalDep):
     return await _infer(request, qualified(principal.project, name), version)

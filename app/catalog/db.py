@@ -85,3 +85,24 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def error_types() -> tuple[type[BaseException], ...]:
+    """What the catalog's driver raises (the API maps these to 503 when the catalog is down, 500 otherwise)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError,)
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why the catalog cannot be reached, when ``exc`` says it cannot (connection refused or lost,
+    pool exhausted, SQLite locked); None for errors of the statement itself."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return "the catalog connection was lost"
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError |
+                  sa_exc.TimeoutError):
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return f"the catalog is unreachable ({type(exc).__name__}: {first[0][:200] if first else ''})"
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.catalog.tables import (
@@ -418,3 +418,56 @@ def finish_delivery(s: Session, delivery_id: str, status: str, error: str | None
 def deliveries_of(s: Session, job_id: str) -> list[CallbackDelivery]:
     return list(s.scalars(select(CallbackDelivery).where(CallbackDelivery.job_id == job_id)
                           .order_by(CallbackDelivery.created_at)))
+
+
+# ----------------------------------------------------------------------------- the dispatch outbox
+
+
+def add_dispatch(s: Session, step_id: str, queue: str, at) -> None:
+    """In the transaction that queues the step: its message, to be sent after the commit."""
+    from app.catalog.tables import StepDispatch
+
+    row = s.get(StepDispatch, step_id)
+    if row is None:
+        s.add(StepDispatch(step_id=step_id, queue=queue, next_attempt_at=at))
+    else:  # queued again (requeued by the reaper) before the last message went out
+        row.queue, row.next_attempt_at = queue, at
+
+
+def due_dispatches(s: Session, now, limit: int) -> list[tuple[str, str, int]]:
+    from app.catalog.tables import StepDispatch
+
+    rows = s.execute(select(StepDispatch.step_id, StepDispatch.queue, StepDispatch.attempts)
+                     .where(StepDispatch.next_attempt_at <= now).order_by(StepDispatch.next_attempt_at).limit(limit))
+    return [(a, b, c) for a, b, c in rows]
+
+
+def claim_dispatch(s: Session, step_id: str, attempts: int, lease_until) -> bool:
+    """Take a due message if no other relay did (its attempt counter unchanged), until ``lease_until``."""
+    from app.catalog.tables import StepDispatch
+
+    return s.execute(update(StepDispatch).where(StepDispatch.step_id == step_id, StepDispatch.attempts == attempts)
+                     .values(attempts=attempts + 1, next_attempt_at=lease_until)
+                     .execution_options(synchronize_session=False)).rowcount == 1
+
+
+def sent_dispatch(s: Session, step_id: str) -> None:
+    from app.catalog.tables import StepDispatch
+
+    s.execute(delete(StepDispatch).where(StepDispatch.step_id == step_id))
+
+
+def failed_dispatch(s: Session, step_id: str, error: str, next_at) -> None:
+    from app.catalog.tables import StepDispatch
+
+    s.execute(update(StepDispatch).where(StepDispatch.step_id == step_id)
+              .values(last_error=error[:1000], next_attempt_at=next_at).execution_options(synchronize_session=False))
+
+
+def dispatch_backlog(s: Session) -> tuple[int, str | None]:
+    """How many messages wait for the broker, and the last error sending one."""
+    from app.catalog.tables import StepDispatch
+
+    n = s.scalar(select(func.count()).select_from(StepDispatch)) or 0
+    err = s.scalar(select(StepDispatch.last_error).where(StepDispatch.last_error.is_not(None)).limit(1)) if n else None
+    return n, err

@@ -203,6 +203,23 @@ class JobStep(TimestampMixin, Base):
     job: Mapped[Job] = relationship(back_populates="steps")
 
 
+class StepDispatch(Base):
+    """A step's message to the broker, written in the transaction that queues the step (an outbox):
+    sent after the commit and deleted once the broker took it; while the broker is down it stays,
+    and a relay thread sends it when the broker is back. A step is never queued with no message
+    on its way; a message sent twice is harmless (the step is claimed with a compare-and-set)."""
+
+    __tablename__ = "step_dispatches"
+
+    step_id: Mapped[str] = mapped_column(ForeignKey("job_steps.id", ondelete="CASCADE"), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(32), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True,
+                                                         nullable=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
 class Artifact(Base):
     """A converted model, content-addressed in the object store, with its lineage."""
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Hardware = Literal["cpu", "intel", "gpu", "apple"]
 Precision = Literal["fp32", "fp16", "int8"]
@@ -17,14 +17,30 @@ class EdgeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**28
+"""An input spec's element count, at most (1 GiB of float32): converters and checks allocate it."""
+
+
 class InputSpec(BaseModel):
     """What a model input looks like when the file does not say (TorchScript, state dicts)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    shape: list[int] = Field(min_length=0, max_length=8)
+    shape: list[Annotated[int, Field(ge=0, le=MAX_DIM)]] = Field(min_length=0, max_length=8)
     dtype: Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool"] = "float32"
-    dynamic: dict[str, str] = Field(default_factory=dict, description="axis index -> symbolic name, e.g. {'0': 'batch'}")
+    dynamic: dict[str, str] = Field(default_factory=dict, max_length=8,
+                                    description="axis index -> symbolic name, e.g. {'0': 'batch'}")
+
+    @field_validator("shape")
+    @classmethod
+    def _bounded(cls, shape: list[int]) -> list[int]:
+        import math
+
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ValueError(f"shape {shape} has {math.prod(shape)} elements; at most {MAX_ELEMENTS} are allowed "
+                             "(a converter makes inputs of this size)")
+        return shape
 
 
 @dataclass(frozen=True)

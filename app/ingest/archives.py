@@ -15,8 +15,12 @@ import zipfile
 from pathlib import Path
 
 from app.errors import Unprocessable
+from app.limits import check_name_chars, check_zip_directory, echo, zip_tail
 
 CHUNK = 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
+"""The largest tar extension header (GNU long name, pax record) read: tarfile reads each whole into
+memory, and a few hundred KB of gzip can declare one of hundreds of MB."""
 
 
 class ArchiveError(Unprocessable):
@@ -42,15 +46,20 @@ def kind(path: Path) -> str | None:
 def safe_relpath(name: str, *, what: str = "archive member") -> str:
     """Normalise a member or file name to a safe relative POSIX path, or refuse it."""
     n = name.replace("\\", "/")
+    shown = echo(name)  # names are echoed truncated: a member name can be megabytes long
     if n.startswith("/") or (len(n) > 1 and n[1] == ":"):
-        raise UnsafeArchive(f"{what} {name!r} has an absolute path", detail={"member": name},
+        raise UnsafeArchive(f"{what} {shown!r} has an absolute path", detail={"member": shown},
                             code="path_traversal")
     norm = posixpath.normpath(n)
     if norm in (".", "") or norm.startswith("../") or norm == ".." or "/../" in f"/{norm}/":
-        raise UnsafeArchive(f"{what} {name!r} escapes the upload directory (path traversal)",
-                            detail={"member": name}, code="path_traversal")
+        raise UnsafeArchive(f"{what} {shown!r} escapes the upload directory (path traversal)",
+                            detail={"member": shown}, code="path_traversal")
     if any(part in ("", ".", "..") for part in norm.split("/")) or "\x00" in norm:
-        raise UnsafeArchive(f"{what} {name!r} is not a valid path", detail={"member": name}, code="path_traversal")
+        raise UnsafeArchive(f"{what} {shown!r} is not a valid path", detail={"member": shown}, code="path_traversal")
+    try:
+        check_name_chars(norm, what)
+    except ValueError as e:
+        raise UnsafeArchive(str(e), detail={"member": shown}, code="bad_filename") from None
     return norm
 
 
@@ -87,10 +96,17 @@ def _write(src, dest: Path, budget: _Budget) -> None:
 
 
 def _extract_zip(path: Path, dest: Path, max_files: int, max_total: int, max_ratio: float) -> list[str]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        tail = zip_tail(f, size)
+    try:  # before zipfile builds one object per central-directory entry
+        check_zip_directory(tail, size, max_files)
+    except ValueError as e:
+        raise UnsafeArchive(str(e), code="archive_too_many_files", detail={"max_files": max_files}) from None
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ArchiveError(f"corrupt zip archive: {e}", code="corrupt_archive") from None
+        raise ArchiveError(f"corrupt zip archive: {_why(e)}", code="corrupt_archive") from None
     out: list[str] = []
     budget = _Budget(max_total, path.stat().st_size, max_ratio)
     with zf:
@@ -104,19 +120,20 @@ def _extract_zip(path: Path, dest: Path, max_files: int, max_total: int, max_rat
             rel = safe_relpath(info.filename)
             mode = (info.external_attr >> 16) & 0o170000
             if mode == stat.S_IFLNK:
-                raise UnsafeArchive(f"archive member {info.filename!r} is a symbolic link; links are refused",
-                                    code="archive_link", detail={"member": info.filename})
+                raise UnsafeArchive(f"archive member {echo(info.filename)!r} is a symbolic link; links are refused",
+                                    code="archive_link", detail={"member": echo(info.filename)})
             if info.is_dir():
                 continue
             if mode not in (0, stat.S_IFREG):
-                raise UnsafeArchive(f"archive member {info.filename!r} is not a regular file", code="archive_link")
+                raise UnsafeArchive(f"archive member {echo(info.filename)!r} is not a regular file", code="archive_link")
             if rel in out:
-                raise ArchiveError(f"archive holds {rel!r} twice", code="corrupt_archive")
+                raise ArchiveError(f"archive holds {echo(rel)!r} twice", code="corrupt_archive")
             try:
                 with zf.open(info) as src:
                     _write(src, dest / rel, budget)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-                raise ArchiveError(f"corrupt zip archive at {info.filename!r}: {e}", code="corrupt_archive") from None
+                raise ArchiveError(f"corrupt zip archive at {echo(info.filename)!r}: {_why(e)}",
+                                   code="corrupt_archive") from None
             out.append(rel)
     return out
 
@@ -125,7 +142,7 @@ def _extract_tar(path: Path, dest: Path, max_files: int, max_total: int, max_rat
     out: list[str] = []
     budget = _Budget(max_total, path.stat().st_size, max_ratio)
     try:
-        with tarfile.open(path, mode="r:*") as tf:
+        with tarfile.open(path, mode="r:*", tarinfo=_BoundedTarInfo) as tf:
             for n, member in enumerate(tf):
                 if n >= max_files:
                     raise UnsafeArchive(f"archive has more than {max_files} members", code="archive_too_many_files")
@@ -133,22 +150,41 @@ def _extract_tar(path: Path, dest: Path, max_files: int, max_total: int, max_rat
                     continue  # "./" as written by tar -C dir . : the archive's own root
                 rel = safe_relpath(member.name)
                 if member.issym() or member.islnk():
-                    raise UnsafeArchive(f"archive member {member.name!r} is a link; links are refused",
-                                        code="archive_link", detail={"member": member.name})
+                    raise UnsafeArchive(f"archive member {echo(member.name)!r} is a link; links are refused",
+                                        code="archive_link", detail={"member": echo(member.name)})
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    raise UnsafeArchive(f"archive member {member.name!r} is not a regular file", code="archive_link")
+                    raise UnsafeArchive(f"archive member {echo(member.name)!r} is not a regular file", code="archive_link")
                 src = tf.extractfile(member)
                 if src is None:
                     continue
                 if os.path.exists(dest / rel):
-                    raise ArchiveError(f"archive holds {rel!r} twice", code="corrupt_archive")
+                    raise ArchiveError(f"archive holds {echo(rel)!r} twice", code="corrupt_archive")
                 _write(src, dest / rel, budget)
                 out.append(rel)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise ArchiveError(f"corrupt tar archive: {e}", code="corrupt_archive") from None
+        raise ArchiveError(f"corrupt tar archive: {_why(e)}", code="corrupt_archive") from None
     return out
+
+
+def _why(e: BaseException) -> str:
+    """What went wrong, for the client: an OSError's reason without the (temporary, absolute) path."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return echo(str(e), 300)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extension records (GNU long names, pax headers) are refused above
+    ``MAX_HEADER_BYTES`` before tarfile reads them whole into memory."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                         tarfile.SOLARIS_XHDTYPE) and self.size > MAX_HEADER_BYTES:
+            raise UnsafeArchive(f"a tar extension header declares {self.size} bytes, over the limit of "
+                                f"{MAX_HEADER_BYTES}", code="archive_bomb", detail={"limit_bytes": MAX_HEADER_BYTES})
+        return super()._proc_member(tarfile_)
 
 
 def strip_common_root(paths: list[str]) -> str:

@@ -39,17 +39,39 @@ def attach(db, store, model_id: str, path: Path, sha: str, inspection: dict[str,
     return {"model_id": model_id, "samples_sha256": sha, "inputs": names}
 
 
+MAX_MEMBERS = 256
+MAX_UNPACKED = 4 * 1024**3
+"""An .npz of samples: at most this many arrays and this many bytes unpacked (declared sizes, which
+are also all zipfile inflates). Only the arrays' headers are parsed in the API process; the data is
+streamed through once, in pieces, to check it is whole."""
+
+
 def check_npz(path: Path, inspection: dict[str, Any]) -> dict[str, Any]:
-    """``{name: (dtype, shape)}`` of the arrays; 400 unless it is a plain ``.npz`` holding an array
-    for every model input."""
+    """``{name: (dtype, shape)}`` of the arrays; 400 unless it is a plain ``.npz`` holding, for every
+    model input, an array of its rank, fixed dims and a compatible dtype. Budgets (members, bytes)
+    are checked before anything is inflated."""
     import zipfile
 
-    import numpy as np
+    from app.limits import OverBudget, check_zip_directory, zip_tail
 
+    size = path.stat().st_size
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: (str(z[k].dtype), list(z[k].shape)) for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        with open(path, "rb") as f:
+            check_zip_directory(zip_tail(f, size), size, MAX_MEMBERS, "the .npz")
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise OverBudget(f"the .npz has {len(infos)} members, over the limit of {MAX_MEMBERS}")
+            unpacked = sum(i.file_size for i in infos)
+            if unpacked > MAX_UNPACKED:
+                raise OverBudget(f"the .npz unpacks to {unpacked} bytes, more than the {MAX_UNPACKED} allowed")
+            arrays = {}
+            for info in infos:
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                arrays[key] = _read_member(zf, info, key)
+    except OverBudget as e:
+        raise BadRequest(str(e), code="bad_samples") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as e:
         raise BadRequest(f"sample inputs must be an .npz of plain arrays (no pickles): {e}",
                          code="bad_samples") from None
     if not arrays:
@@ -59,4 +81,54 @@ def check_npz(path: Path, inspection: dict[str, Any]) -> dict[str, Any]:
     if wanted and missing:
         raise BadRequest(f"the .npz lacks arrays for inputs {', '.join(missing)}; it has {', '.join(arrays)}",
                          code="bad_samples", detail={"missing": missing})
-    return arrays
+    _check_shapes(arrays, inspection)
+    return {k: (str(dt), list(shape)) for k, (dt, shape) in arrays.items()}
+
+
+def _read_member(zf, info, key: str):
+    """(dtype, shape) of one member, from its .npy header; the rest read through in 1 MiB pieces
+    (CRC checked by zipfile) and the length checked against what the header says."""
+    import math
+
+    import numpy as np
+    from numpy.lib import format as npf
+
+    with zf.open(info) as f:
+        try:
+            version = npf.read_magic(f)
+        except ValueError:
+            raise ValueError(f"member {key!r} is not a .npy array") from None
+        read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=10000)
+        if dtype.hasobject:
+            raise ValueError(f"array {key!r} holds Python objects (it needs pickle), which is refused")
+        want, got = math.prod(shape) * dtype.itemsize, 0
+        while chunk := f.read(1024 * 1024):
+            got += len(chunk)
+            if got > want:
+                break
+    if got != want:
+        raise ValueError(f"array {key!r}: its header says shape {list(shape)} of {dtype.name} ({want} bytes) "
+                         f"but {'more' if got > want else got} bytes follow")
+    return np.dtype(dtype), tuple(shape)
+
+
+def _check_shapes(arrays: dict[str, Any], inspection: dict[str, Any]) -> None:
+    """Every array that feeds a model input must fit it (rank, fixed dims, dtype): the same rule
+    validation applies later (``app.runners.inputs.check_sample``), applied now."""
+    from app.runners.base import IOSpec
+    from app.runners.inputs import check_sample, np_dtype
+
+    for spec in inspection.get("inputs") or []:
+        if spec.get("name") not in arrays:
+            continue
+        dtype, shape = arrays[spec["name"]]
+        want = spec.get("dtype")
+        try:
+            np_dtype(want)
+        except (TypeError, ValueError, ImportError):  # a dtype numpy does not name (Core ML "image"): shapes only
+            want = dtype.name
+        try:
+            check_sample(IOSpec(spec["name"], want, spec.get("shape")), shape, dtype)
+        except (ValueError, TypeError) as e:
+            raise BadRequest(str(e), code="bad_samples", detail={"input": spec["name"]}) from None

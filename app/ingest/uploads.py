@@ -16,6 +16,7 @@ from app.catalog.tables import DEFAULT_PROJECT, Model
 from app.errors import BadRequest, NotFound, ServiceUnavailable
 from app.ingest import archives, blobs
 from app.ingest.inspection import inspect_files
+from app.limits import without_nul
 from app.storage import blob_key
 
 
@@ -53,9 +54,16 @@ class Prepared:
     hint_name: str | None
 
 
-def _is_model_zip(path: Path) -> bool:
+def _is_model_zip(path: Path, max_files: int = 10_000) -> bool:
     import zipfile
 
+    from app.limits import check_zip_directory, zip_tail
+
+    try:
+        with open(path, "rb") as f:
+            check_zip_directory(zip_tail(f, path.stat().st_size), path.stat().st_size, max_files)
+    except ValueError:
+        return False  # extraction refuses it, saying why
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -91,7 +99,7 @@ def prepare(up: Upload, settings) -> Prepared:
         kind = archives.kind(rec.tmp)
         low = rec.path.lower()
         named_archive = low.endswith((".zip", ".tar", ".tar.gz", ".tgz"))
-        if kind is not None and not (kind == "zip" and _is_model_zip(rec.tmp)) and (
+        if kind is not None and not (kind == "zip" and _is_model_zip(rec.tmp, settings.archive_max_files)) and (
             named_archive or kind != "zip"
         ):
             out = root / "x"
@@ -146,6 +154,7 @@ def ingest(up: Upload, settings, db, store, project: str = DEFAULT_PROJECT) -> t
         in_subprocess=settings.inspect_in_subprocess, timeout_s=settings.inspect_timeout_s,
         memory_mb=settings.inspect_memory_mb,
     )
+    inspection = without_nul(inspection)  # written by a reader of hostile bytes: storable whatever they held
     digests = [e["sha256"] for e in prep.files]
     blobs.claim(db, digests)  # a pending deletion of these bytes is off
     try:

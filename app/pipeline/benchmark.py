@@ -215,6 +215,9 @@ def benchmark(
                 entry.update(possible=False, status=f"skipped: input batch dim is fixed at {pinned}")
                 continue
             remaining = [b for b in batch_sizes[i:] if pinned is None or b == pinned]
+            if i > 0 and now() >= budget_end:  # max_seconds is spent: the rest are not run at all
+                entry.update(possible=None, status=f"skipped: max_seconds ({max_seconds:g} s) ran out")
+                continue
             share = max(0, budget_end - now()) // len(remaining)
             try:
                 feeds = feeds_cache.pop(bs, None) or feeds_for(bs)

@@ -24,9 +24,12 @@ from app.catalog.tables import Job, JobStep, utcnow
 from app.conversion import planner, registry
 from app.conversion.base import Edge, InputSpec
 from app.errors import Unprocessable
+from app.limits import ascii_int, echo
+from app.pipeline import dispatch
 
 log = logging.getLogger("modelport.jobs")
 ACTIVE = ("pending", "queued", "waiting_for_hardware", "running")
+MAX_BATCH_SIZES = 16  # batch sizes one benchmark measures: each costs a probe and a warm-up within max_seconds
 LOG_LIMIT = 256 * 1024
 
 
@@ -59,10 +62,13 @@ def check_input_specs(plan: planner.Plan, inspection: dict[str, Any],
             try:
                 specs[name] = InputSpec.model_validate(spec).model_dump()
             except Exception as e:
-                raise Unprocessable(f"input_specs['{name}']: {e}".splitlines()[0][:500], code="invalid_input_specs",
-                                    detail={"input": name}) from None
+                errors = getattr(e, "errors", None)
+                why = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}"
+                                for err in errors()[:3]) if callable(errors) else str(e).splitlines()[0]
+                raise Unprocessable(f"input_specs['{echo(str(name), 100)}']: {why}"[:500], code="invalid_input_specs",
+                                    detail={"input": echo(str(name), 100)}) from None
             for axis in specs[name]["dynamic"]:
-                if not axis.isdigit() or int(axis) >= len(specs[name]["shape"]):
+                if ascii_int(axis) is None or int(axis) >= len(specs[name]["shape"]):
                     raise Unprocessable(f"input_specs['{name}'].dynamic names axis {axis!r}, but the shape has "
                                         f"{len(specs[name]['shape'])} axes", code="invalid_input_specs")
     if plan.edges and plan.edges[0].needs_input_specs:
@@ -150,13 +156,15 @@ def check_benchmark(value: bool | dict[str, Any] | None) -> dict[str, Any] | Non
         raise Unprocessable(f"unknown benchmark setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
                             code="invalid_benchmark")
     sizes = value.get("batch_sizes", [1, 8])
-    if not (isinstance(sizes, list) and sizes and all(isinstance(b, int) and 1 <= b <= 4096 for b in sizes)):
-        raise Unprocessable("benchmark.batch_sizes must be a list of integers from 1 to 4096", code="invalid_benchmark")
+    if not (isinstance(sizes, list) and 0 < len(sizes) <= MAX_BATCH_SIZES
+            and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 4096 for b in sizes)):
+        raise Unprocessable(f"benchmark.batch_sizes must be a list of 1 to {MAX_BATCH_SIZES} integers from 1 to 4096",
+                            code="invalid_benchmark")
     threads = value.get("threads")
-    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= 1024):
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 1024):
         raise Unprocessable("benchmark.threads must be an integer from 1 to 1024", code="invalid_benchmark")
     max_s = value.get("max_seconds", 30)
-    if not (isinstance(max_s, (int, float)) and 0 < max_s <= 3600):
+    if not (isinstance(max_s, (int, float)) and not isinstance(max_s, bool) and 0 < max_s <= 3600):
         raise Unprocessable("benchmark.max_seconds must be in (0, 3600]", code="invalid_benchmark")
     precision = value.get("precision", "fp32")
     if precision not in ("fp32", "fp16", "bf16", "int8"):
@@ -216,7 +224,8 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
         if not repo.add_job(s, job):  # the same request committed concurrently: that job wins
             return repo.job_by_active_key(s, key), False
         first = job.steps[0]
-    dispatcher.enqueue(first.id, first.queue)  # after the commit: the row exists before the message
+        dispatch.record(s, first.id, first.queue)  # the message commits with the job (an outbox)
+    dispatch.send(db, dispatcher, first.id, first.queue)  # after the commit: the row exists before the message
     with db.session() as s:
         return repo.get_job(s, job.id), True
 
@@ -256,7 +265,8 @@ def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
         if not repo.add_job(s, job):  # the same request committed concurrently: that job wins
             return repo.job_by_active_key(s, key), False
         first = job.steps[0]
-    dispatcher.enqueue(first.id, first.queue)
+        dispatch.record(s, first.id, first.queue)
+    dispatch.send(db, dispatcher, first.id, first.queue)
     with db.session() as s:
         return repo.get_job(s, job.id), True
 
@@ -567,7 +577,7 @@ def _execute(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, beat
             _forget_blobs(db, artifact.files)
         return "lost claim"
     if next_step is not None:
-        dispatcher.enqueue(next_step.id, next_step.queue)
+        dispatch.send(db, dispatcher, next_step.id, next_step.queue)
     if ctx.kind == "validate" and ctx.options.get("try_fixes") and result["details"].get("suggestion"):
         _try_fix(db, dispatcher, settings, ctx, result["details"]["suggestion"])
     return "succeeded"
@@ -616,7 +626,7 @@ def _record_failure(db, store, settings, dispatcher: Dispatcher, ctx: StepContex
             _fail_step(s, step, {"edge": step.edge, **err}, utcnow(), status="cancelled" if cancelled else "failed")
             next_step = None
     if next_step is not None:
-        dispatcher.enqueue(next_step.id, next_step.queue)
+        dispatch.send(db, dispatcher, next_step.id, next_step.queue)
     return "cancelled" if cancelled else "failed"
 
 
@@ -665,6 +675,7 @@ def _advance(s, settings, step: JobStep, now) -> JobStep | None:
     nxt = later[0]
     nxt.status = "queued" if nxt.queue in live_queues(s, settings) else "waiting_for_hardware"
     job.status = nxt.status
+    dispatch.record(s, nxt.id, nxt.queue)  # its message commits with it
     return nxt
 
 
@@ -778,9 +789,10 @@ def reap(db, dispatcher: Dispatcher, settings) -> list[str]:
             elif repo.requeue_stale(s, step, before, now):
                 _append_log(step, f"\n=== worker {step.worker} stopped responding; step requeued ===\n")
                 step.job.status = "queued"
+                dispatch.record(s, step.id, step.queue)
                 requeued.append((step.id, step.queue))
     for step_id, queue in requeued:
-        dispatcher.enqueue(step_id, queue)
+        dispatch.send(db, dispatcher, step_id, queue)
     return [sid for sid, _ in requeued]
 
 

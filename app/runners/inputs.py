@@ -64,25 +64,32 @@ def random_array(rng: np.random.Generator, dt: np.dtype, shape: tuple[int, ...],
     raise ValueError(f"input {name!r}: cannot make values of dtype {dt.name}")
 
 
-def _check_sample(spec: IOSpec, value: Any) -> np.ndarray:
-    a = np.asarray(value)
+def check_sample(spec: IOSpec, shape: tuple[int, ...], dtype: np.dtype) -> np.dtype | None:
+    """Whether a sample of ``shape`` and ``dtype`` can feed ``spec`` (ValueError saying why not): the
+    rank and every fixed dim must match, the dtype be the same kind or castable without loss of
+    meaning. The dtype to cast it to, or None when the spec says nothing to check against."""
     if spec.shape is None or not spec.dtype:
-        return a
+        return None
     dt = np_dtype(spec.dtype)
-    if len(a.shape) != len(spec.shape):
-        raise ValueError(f"sample {spec.name!r} has shape {list(a.shape)}; the model expects rank "
+    if len(shape) != len(spec.shape):
+        raise ValueError(f"sample {spec.name!r} has shape {list(shape)}; the model expects rank "
                          f"{len(spec.shape)} {spec.shape}")
-    bad = [i for i, (s, d) in enumerate(zip(a.shape, spec.shape, strict=True))
+    bad = [i for i, (s, d) in enumerate(zip(shape, spec.shape, strict=True))
            if not is_dynamic(d) and s != d]
     if bad:
-        raise ValueError(f"sample {spec.name!r} has shape {list(a.shape)}; the model expects {spec.shape}")
-    if a.dtype != dt:
-        ok = (_is_float(dt) and (_is_float(a.dtype) or a.dtype.kind in "iu")) or \
-             (dt.kind in "iu" and a.dtype.kind in "iu") or (dt.kind == "b" and a.dtype.kind == "b")
+        raise ValueError(f"sample {spec.name!r} has shape {list(shape)}; the model expects {spec.shape}")
+    if dtype != dt:
+        ok = (_is_float(dt) and (_is_float(dtype) or dtype.kind in "iu")) or \
+             (dt.kind in "iu" and dtype.kind in "iu") or (dt.kind == "b" and dtype.kind == "b")
         if not ok:
-            raise ValueError(f"sample {spec.name!r} has dtype {a.dtype.name}; the model expects {dt.name}")
-        a = a.astype(dt)
-    return a
+            raise ValueError(f"sample {spec.name!r} has dtype {dtype.name}; the model expects {dt.name}")
+    return dt
+
+
+def _check_sample(spec: IOSpec, value: Any) -> np.ndarray:
+    a = np.asarray(value)
+    dt = check_sample(spec, a.shape, a.dtype)
+    return a if dt is None or a.dtype == dt else a.astype(dt)
 
 
 def make_inputs(specs: list[IOSpec], *, seed: int = 0, samples: dict[str, np.ndarray] | None = None,

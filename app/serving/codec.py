@@ -452,12 +452,21 @@ def _decode_requested_outputs(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
+MAX_RANK = 32
+MAX_ELEMENTS = 2**40
+"""A tensor's shape may not promise more elements than this (not counting zero dims): numpy could
+not even describe it, and no body carries it."""
+
+
 def _shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list):
-        raise CodecError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise CodecError(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} non-negative integers, "
+                         f"got {str(shape)[:200]}")
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise CodecError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+            raise CodecError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {str(shape)[:200]}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise CodecError(f"input {name!r}: shape {str(shape)[:200]} has more elements than any request can carry")
     return shape
 
 
@@ -804,55 +813,85 @@ def _nested_shape(name: str, value: list) -> list[int]:
 
 
 def decode_npy(body: bytes) -> np.ndarray:
-    """One array from ``.npy`` bytes. Pickles and object arrays are refused."""
+    """One array from ``.npy`` bytes: a view of the body (read-only for ``bytes``), its header
+    checked against the bytes that follow before anything is allocated. Pickles and object arrays
+    are refused."""
     head = bytes(body[:6])
     if head != _NPY_MAGIC:
         if head[:4] == _ZIP_MAGIC:
             raise CodecError("expected one .npy array but the body is an .npz archive")
         raise CodecError("the body is not a .npy file (it does not start with the .npy magic bytes)")
+    return _npy_view(body, "the body")
+
+
+def _npy_view(buf: bytes | bytearray | memoryview, what: str, key: str | None = None) -> np.ndarray:
+    from numpy.lib import format as npf
+
+    f = io.BytesIO(buf)
     try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except ValueError as e:
-        if "object" in str(e).lower():
-            raise CodecError("the .npy holds an array of Python objects (it needs pickle), which is refused; "
-                             "send numeric arrays") from None
-        raise CodecError(f"the body is not a valid .npy file: {e}") from None
-    except (OSError, EOFError) as e:
-        raise CodecError(f"the body is not a valid .npy file: {e}") from None
-    return arr
+        version = npf.read_magic(f)
+        read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+        shape, fortran, dtype = read(f, max_header_size=10000)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise CodecError(f"{what} is not a valid .npy file: {e}") from None
+    if dtype.hasobject:
+        if key is not None:
+            raise CodecError(f"array {key!r} in the .npz holds Python objects (it needs pickle), which is refused; "
+                             "send numeric arrays")
+        raise CodecError("the .npy holds an array of Python objects (it needs pickle), which is refused; "
+                         "send numeric arrays")
+    count = math.prod(shape)
+    left = len(buf) - f.tell()
+    if count * dtype.itemsize != left:
+        raise CodecError(f"{what} is not a valid .npy file: its header says shape {list(shape)} of {dtype.name} "
+                         f"({count * dtype.itemsize} bytes) but {left} bytes follow it")
+    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=f.tell())
+    return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
 
 
-def decode_npz(body: bytes, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def decode_npz(body: bytes, *, max_bytes: int | None = None, max_members: int = 1024) -> dict[str, np.ndarray]:
     """Arrays by name from ``.npz`` bytes (``x.npy`` -> "x"). Pickles and object arrays are
-    refused. ``max_bytes`` caps the uncompressed size (savez_compressed archives can inflate)."""
+    refused. Budgets checked before anything is inflated: at most ``max_members`` members (read
+    from the archive's end, before its directory is parsed) and ``max_bytes`` uncompressed in all
+    (each member's declared size, which is also all zipfile will inflate); each array is parsed
+    once, its header checked against its bytes."""
     head = bytes(body[:6])
     if head[:4] != _ZIP_MAGIC:
         if head == _NPY_MAGIC:
             raise CodecError("expected an .npz archive but the body is a single .npy array")
         raise CodecError("the body is not an .npz archive (it does not start with the zip magic bytes)")
+    from app.limits import OverBudget, check_zip_directory
+
     try:
-        npz = np.load(io.BytesIO(body), allow_pickle=False)
+        check_zip_directory(bytes(body[-70000:]), len(body), max_members, "the .npz")
+        zf = zipfile.ZipFile(io.BytesIO(body))
+    except OverBudget as e:
+        raise CodecError(str(e)) from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise CodecError(f"the body is not a valid .npz archive: {e}") from None
-    with npz:
-        if max_bytes is not None:
-            size = sum(i.file_size for i in npz.zip.infolist())
-            if size > max_bytes:
-                raise CodecError(f"the .npz unpacks to {size} bytes, more than the {max_bytes} allowed")
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise CodecError(f"the .npz has {len(infos)} members, over the limit of {max_members}")
+        size = sum(i.file_size for i in infos)
+        if max_bytes is not None and size > max_bytes:
+            raise CodecError(f"the .npz unpacks to {size} bytes, more than the {max_bytes} allowed")
         out: dict[str, np.ndarray] = {}
-        for key in npz.files:
+        for info in infos:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             try:
-                arr = npz[key]
-            except ValueError as e:
-                if "object" in str(e).lower():
-                    raise CodecError(f"array {key!r} in the .npz holds Python objects (it needs pickle), "
-                                     "which is refused; send numeric arrays") from None
+                data = zf.read(info)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
                 raise CodecError(f"array {key!r} in the .npz is not valid: {e}") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
-                raise CodecError(f"array {key!r} in the .npz is not valid: {e}") from None
-            if not isinstance(arr, np.ndarray):
+            if not data.startswith(_NPY_MAGIC):
                 raise CodecError(f"member {key!r} of the .npz is not a .npy array")
-            out[key] = arr
+            try:
+                out[key] = _npy_view(data, f"array {key!r} in the .npz", key)
+            except CodecError as e:
+                msg = str(e)
+                if "Python objects" in msg:
+                    raise
+                raise CodecError(msg.replace("is not a valid .npy file", "is not valid")) from None
     return out
 
 

@@ -14,6 +14,119 @@ from app.errors import BadRequest, ModelportError, Unprocessable
 from app.serving.runtime import ServingError
 
 NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+OFF_LOOP_BYTES = 64 * 1024
+""".npz bodies this big are inflated on a thread (zlib lets go of the GIL): the event loop keeps answering."""
+OFF_PROCESS_BYTES = 1024**2
+"""JSON this big is parsed in a decoder process: parsing (orjson, then numpy over the lists) holds the
+GIL for its whole length, so a thread would stall the event loop just the same (~3 s for 40 MB)."""
+_decoders = None
+
+
+class TooLarge(ServingError):
+    """A request over the deployment's bounds (rows, input or output bytes): 413 before it runs."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message, "request_too_large")
+
+
+def bounds(state, row) -> tuple[int, int, int]:
+    """(rows, input bytes, output bytes) one request may have: the settings' ceilings, lowered by
+    the deployment's ``runtime.max_rows`` / ``runtime.max_output_mb``."""
+    st, rt = state.settings, row.get("runtime") or {}
+    rows = min(st.serving_max_rows, rt.get("max_rows") or st.serving_max_rows)
+    out = st.serving_max_output_bytes
+    if rt.get("max_output_mb"):
+        out = min(out, int(rt["max_output_mb"] * 1024**2))
+    return rows, st.serving_max_input_bytes, out
+
+
+def check_json_budget(body: bytes | memoryview, max_input: int) -> None:
+    """Before a JSON body is parsed: at most ``max_input`` bytes of text and a quarter as many
+    elements (counted by its commas, at C speed) — what the inputs may decode to."""
+    if len(body) > max_input:
+        raise TooLarge(f"the JSON body has {len(body)} bytes; at most {max_input} are taken as JSON "
+                       "(MODELPORT_SERVING_MAX_INPUT_BYTES): send tensors in binary (.npy/.npz, or the v2 binary "
+                       "extension)")
+    commas = bytes(body).count(b",") if isinstance(body, memoryview) else body.count(b",")
+    if commas + 1 > max_input // 4:
+        raise TooLarge(f"the JSON body holds up to {commas + 1} elements; at most {max_input // 4} are taken")
+
+
+def check_bounds(lm, feeds, limits: tuple[int, int, int]) -> None:
+    """413 before running: too many rows, too many input bytes, or outputs estimated past the bound
+    (static output dims times the rows, or the bytes per row measured when the deployment loaded)."""
+    max_rows, max_in, max_out = limits
+    rows = max((a.shape[0] for a in feeds.values() if getattr(a, "ndim", 0)), default=1)
+    if rows > max_rows:
+        raise TooLarge(f"the request has {rows} rows; this deployment takes at most {max_rows} per request "
+                       "(MODELPORT_SERVING_MAX_ROWS, runtime.max_rows): split it")
+    size = sum(int(getattr(a, "nbytes", 0)) for a in feeds.values())
+    if size > max_in:
+        raise TooLarge(f"the inputs take {size} bytes; at most {max_in} are taken per request "
+                       "(MODELPORT_SERVING_MAX_INPUT_BYTES)")
+    est = estimated_output_bytes(lm, rows)
+    if est is not None and est > max_out:
+        raise TooLarge(f"the outputs of {rows} rows would take about {est} bytes, over this deployment's bound of "
+                       f"{max_out} (MODELPORT_SERVING_MAX_OUTPUT_BYTES, runtime.max_output_mb): send fewer rows")
+
+
+def estimated_output_bytes(lm, rows: int) -> int | None:
+    """Bytes the outputs of ``rows`` rows take: from the output specs where every dim past the batch
+    is fixed, and from the bytes per row measured at load (the larger); None when neither says."""
+    import math
+
+    import numpy as np
+
+    static, unknown = 0, False
+    for spec in lm.outputs or []:
+        shape = spec.shape
+        if not shape or not all(isinstance(d, int) and d >= 0 for d in shape[1:]):
+            unknown = True
+            continue
+        try:
+            item = np.dtype(spec.dtype).itemsize if spec.dtype not in (None, "object", "bfloat16") else 2
+        except TypeError:
+            item = 4
+        first = shape[0] if isinstance(shape[0], int) and shape[0] >= 0 else rows
+        static += first * math.prod(shape[1:]) * item
+    per_row = getattr(lm, "out_bytes_per_row", None)
+    if per_row:
+        return max(static, per_row * rows)
+    return None if unknown and not static else static
+
+
+def check_output_size(outputs, limits: tuple[int, int, int]) -> None:
+    size = sum(int(getattr(v, "nbytes", 0)) for v in outputs.values())
+    if size > limits[2]:
+        raise TooLarge(f"the outputs take {size} bytes, over this deployment's bound of {limits[2]} "
+                       "(MODELPORT_SERVING_MAX_OUTPUT_BYTES, runtime.max_output_mb): send fewer rows")
+
+
+async def _maybe_thread(big: bool, fn, *args):
+    return await anyio.to_thread.run_sync(fn, *args) if big else fn(*args)
+
+
+async def _maybe_process(big: bool, fn, *args):
+    """``fn(*args)`` in the decoder process when ``big`` (its exceptions raised here), else inline."""
+    if not big:
+        return fn(*args)
+    import asyncio
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _decoders
+    if _decoders is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _decoders = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = _decoders
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    except BrokenProcessPool:  # the decoder died (killed, out of memory): a fresh one for the next request
+        if _decoders is pool:
+            _decoders = None
+        raise ServingError(503, "the JSON decoder process died while reading this request; retry it or send "
+                           "tensors in binary", "decoder_unavailable") from None
 
 
 async def loaded(state, name: str, version: str | None):
@@ -45,10 +158,21 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
         except ValueError:
             raise codec.CodecError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") \
                 from None
-        req = codec.decode_v2_request(body, hl)
+        limits = bounds(state, row)
+        json_part = len(body) if hl is None else hl
+        if json_part >= OFF_LOOP_BYTES:
+            check_json_budget(memoryview(body)[:json_part], limits[1])
+        req = await _maybe_process(json_part >= OFF_PROCESS_BYTES, codec.decode_v2_request, body, hl)
         codec.check_inputs(req.inputs, lm.specs())
+        check_bounds(lm, req.inputs, limits)
         t = time.perf_counter()
-        outputs = await state.models.predict(lm, req.inputs)
+        try:
+            outputs = await state.models.predict(lm, req.inputs)
+        except ServingError:
+            raise
+        except Exception as e:  # the runtime refused these inputs (as Triton: INVALID_ARG, 400)
+            raise InferenceFailed(f"inference failed: {type(e).__name__}: {e}"[:2000]) from None
+        check_output_size(outputs, limits)
         if lm.batcher is None:
             first = next(iter(req.inputs.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
@@ -64,7 +188,10 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
                                                     requested=requested)
     except ServingError as e:  # as Triton maps its errors: NOT_FOUND 404, UNAVAILABLE 503, the rest 400
         metrics.failure.labels(*labels, e.code).inc()
-        return _error_body(e.status if e.status in (404, 503) else 400, e.message)
+        return _error_body(e.status if e.status in (404, 413, 503) else 400, e.message)
+    except InferenceFailed as e:
+        metrics.failure.labels(*labels, "inference_error").inc()
+        return _error_body(400, str(e))
     except codec.CodecError as e:
         metrics.failure.labels(*labels, "bad_input").inc()
         return _error_body(400, str(e))
@@ -89,23 +216,27 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
         row = await cache.aresolve(name, version)
         labels = (name, str(row["version"]))
         lm = cache.get(row, name) if row["id"] in cache.loaded else await anyio.to_thread.run_sync(cache.get, row, name)
+        limits = bounds(state, row)
+        big = len(body) >= OFF_LOOP_BYTES
         ctype = content_type.split(";")[0].strip().lower()
         if ctype in ("application/x-npz",) or (not ctype.endswith("json") and body[:4] == ZIP_MAGIC):
-            feeds = codec.decode_npz(body)
+            feeds = await _maybe_thread(big, lambda: codec.decode_npz(
+                body, max_bytes=limits[1], max_members=max(16, 2 * len(lm.inputs))))
         elif ctype in ("application/x-npy",) or (not ctype.endswith("json") and body[:6] == NPY_MAGIC):
             if len(lm.inputs) != 1:
                 raise codec.CodecError(f"a .npy body is one array, but this model takes {len(lm.inputs)} inputs "
                                        f"({', '.join(s.name for s in lm.inputs)}): send an .npz")
             feeds = {lm.inputs[0].name: codec.decode_npy(body)}
         else:
-            try:
-                obj = codec.loads(body)
-            except ValueError as e:
-                raise codec.CodecError(f"the body is not JSON, .npy or .npz: {e}") from None
-            feeds = codec.decode_v1_json(obj, {s.name: (s.dtype, s.shape) for s in lm.inputs})
+            if big:
+                check_json_budget(body, limits[1])
+            feeds = await _maybe_process(len(body) >= OFF_PROCESS_BYTES, _v1_json, body,
+                                         {s.name: (s.dtype, s.shape) for s in lm.inputs})
         codec.check_inputs(feeds, lm.specs())
+        check_bounds(lm, feeds, limits)
         t = time.perf_counter()
         outputs = await cache.predict(lm, feeds)
+        check_output_size(outputs, limits)
         if lm.batcher is None:
             first = next(iter(feeds.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
@@ -124,6 +255,20 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
     if "application/x-npz" in accept:
         return 200, {"content-type": "application/x-npz"}, codec.encode_npz(outputs)
     return 200, {"content-type": "application/json"}, codec.dumps_v1(outputs)
+
+
+class InferenceFailed(Exception):
+    """The runtime raised on the request's inputs."""
+
+
+def _v1_json(body: bytes, specs) -> dict:
+    from app.serving import codec
+
+    try:
+        obj = codec.loads(body)
+    except ValueError as e:
+        raise codec.CodecError(f"the body is not JSON, .npy or .npz: {e}") from None
+    return codec.decode_v1_json(obj, specs)
 
 
 def _error(err: ModelportError) -> tuple[int, dict[str, str], bytes]:

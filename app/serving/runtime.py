@@ -57,6 +57,7 @@ class Loaded:
     inline: bool = False  # calls measured shorter than a thread hop run on the event loop
     inline_sizes: dict[str, int] = field(default_factory=dict)  # ... at most this many elements per input
     call_us: float | None = None
+    out_bytes_per_row: int | None = None  # measured by the load probe: bounds requests before they run
     last_used: float = field(default_factory=time.monotonic)
 
     def specs(self) -> list[tuple[str, str | None, list | None]]:
@@ -67,24 +68,25 @@ def _dynamic_batch(specs) -> bool:
     return bool(specs) and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
 
 
-def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int]]:
-    """The median of 21 batch-1 calls in µs, and the element count of each probed input
-    (None when inputs cannot be generated)."""
+def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int], int | None]:
+    """The median of 21 batch-1 calls in µs, the element count of each probed input (None when
+    inputs cannot be generated), and the bytes of one call's outputs."""
     from app.pipeline.benchmark import default_inputs
 
     if not inputs or any(not s.dtype or s.shape is None for s in inputs):
-        return None, {}
+        return None, {}, None
     try:
         feeds = default_inputs(inputs, 1)
-        runner.run(feeds)  # warm-up
+        out = runner.run(feeds)  # warm-up
+        out_bytes = sum(int(getattr(v, "nbytes", 0)) for v in (out or {}).values())
         times = []
         for _ in range(21):
             t = time.perf_counter()
             runner.run(feeds)
             times.append(time.perf_counter() - t)
-        return sorted(times)[10] * 1e6, {k: int(v.size) for k, v in feeds.items()}
+        return sorted(times)[10] * 1e6, {k: int(v.size) for k, v in feeds.items()}, out_bytes
     except Exception:  # a model that cannot run generated inputs is simply not probed
-        return None, {}
+        return None, {}, None
 
 
 def qualified(project: str, name: str) -> str:
@@ -297,13 +299,14 @@ class ModelCache:
                 note = f"dynamic batching up to {mbs} rows, {batching.get('max_queue_delay_ms', 0)} ms delay"
             else:
                 note = "served unbatched: the model has no dynamic batch dimension"
-        call_us, probed = _probe_us(runner, inputs)
+        call_us, probed, out_bytes = _probe_us(runner, inputs)
         inline = call_us is not None and call_us < self.settings.serving_inline_us
         if inline:
             batcher, note = None, (f"runs inline on the event loop: a call takes {call_us:.0f} µs, less than "
                                    "handing it to a thread (MODELPORT_SERVING_INLINE_US)")
         lm = Loaded(deployment_id, name, version, fmt, runner, inputs, outputs, batcher, note, size, load_ms,
-                    inline=inline, inline_sizes=probed, call_us=call_us)
+                    inline=inline, inline_sizes=probed, call_us=call_us,
+                    out_bytes_per_row=out_bytes)
         with self.lock:
             self.loaded[deployment_id] = lm
             self._evict()

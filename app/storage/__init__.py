@@ -50,3 +50,22 @@ def open_store(url: str, settings=None) -> ObjectStore:
 
         return S3Store.from_url(url, settings)
     raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket[/prefix]")
+
+
+def error_types(url: str) -> tuple[type[BaseException], ...]:
+    """What the store behind ``url`` raises besides OSError (mapped by the API: 503 when it is down)."""
+    if url.startswith("s3://"):
+        from app.storage.s3 import S3Store
+
+        return S3Store.error_types()
+    return ()
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why the object store cannot be reached, when ``exc`` says so; None for other errors."""
+    mod = type(exc).__module__
+    if mod.startswith(("botocore", "boto3", "s3transfer")):
+        from app.storage.s3 import S3Store
+
+        return S3Store.unavailable(exc)
+    return None

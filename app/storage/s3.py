@@ -35,6 +35,28 @@ class S3Store:
         self.transfer = TransferConfig(multipart_threshold=64 * 1024**2, multipart_chunksize=32 * 1024**2,
                                        max_concurrency=4)
 
+    @staticmethod
+    def error_types() -> tuple[type[BaseException], ...]:
+        import boto3.exceptions
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return (BotoCoreError, ClientError, boto3.exceptions.Boto3Error)
+
+    @staticmethod
+    def unavailable(exc: BaseException) -> str | None:
+        """Why the server cannot be reached (no connection, timeouts, 5xx answers), or None."""
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(exc, ConnectionError | HTTPClientError) or (
+                isinstance(cause, ConnectionError | HTTPClientError) and type(exc).__module__.startswith("boto3")):
+            return f"the object store is unreachable ({type(exc).__name__})"
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500:
+                return f"the object store answered {status} ({exc.response.get('Error', {}).get('Code', '')})"
+        return None
+
     @classmethod
     def from_url(cls, url: str, settings=None) -> S3Store:
         u = urlparse(url)
@@ -106,5 +128,7 @@ class S3Store:
     def presigned_url(self, key: str, expires_s: int = 3600, filename: str | None = None) -> str | None:
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         if filename:
-            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+            from app.limits import content_disposition
+
+            params["ResponseContentDisposition"] = content_disposition(filename)
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)

@@ -346,3 +346,17 @@ def test_fingerprint_reads_gpus_from_nvidia_smi(tmp_path, monkeypatch):
         assert fp["gpus"] == [] and fp["gpu_error"].startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
     finally:
         host._gpus.cache_clear()
+
+
+def test_many_batch_sizes_stay_within_max_seconds():
+    """Sixteen batch sizes of a model whose call takes 50 ms, 0.5 s to measure them all: once the
+    budget is spent the rest are skipped, saying so, instead of each still running its probe and
+    warm-up (which took ~2.5 s before)."""
+    sizes = list(range(1, 17))
+    t = time.monotonic()
+    rep = benchmark(lambda: MatmulRunner(4, sleep_s=0.05), batch_sizes=sizes, warmup=2, window=3,
+                    min_windows=1, max_windows=2, max_seconds=0.5)
+    elapsed = time.monotonic() - t
+    skipped = [b for b, e in rep["batch_sizes"].items() if e["status"].startswith("skipped: max_seconds")]
+    assert elapsed < 1.5, elapsed
+    assert skipped and int(skipped[0]) > 1 and rep["batch_sizes"]["1"]["status"] == "ok"
