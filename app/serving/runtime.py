@@ -2,7 +2,18 @@
 deployment, and the predict call. Inference runs on a thread pool, never on the event loop.
 
 Several API replicas serve the same deployments: each replica loads what it is asked for from the
-catalog and the object store (lazily, or all ready ones at start with MODELPORT_SERVING_LOAD=eager)."""
+catalog and the object store (lazily, or all ready ones at start with MODELPORT_SERVING_LOAD=eager).
+The workers of `modelport serve --workers N` are such replicas on one host: each has its own cache,
+with 1/N of the memory budget, and cores/N inference threads (app/serve.py).
+
+How a deploy (or delete) made through one replica reaches another: the replica that took the
+request loads the new version, marks it ready and drops its cached versions of the name. Any
+other replica keeps its cached versions for ``FRESH_S`` (1 s) with no catalog query; the first
+request after that is still answered from them while a thread re-reads the catalog, and when
+that thread finds a newer ready version of a name this replica serves, it loads it *before*
+publishing the new versions, so requests move over to a warm runner (no request waits on the
+load). A new version is served everywhere about a second after it was deployed (plus its load
+time); a deleted one is let go of the same way."""
 
 from __future__ import annotations
 
@@ -105,7 +116,11 @@ def split_name(qname: str) -> tuple[str, str]:
 class ModelCache:
     def __init__(self, settings, db, store, metrics=None):
         self.settings, self.db, self.store, self.metrics = settings, db, store, metrics
-        self.executor = ThreadPoolExecutor(max_workers=settings.serving_threads or (os.cpu_count() or 2),
+        workers = max(1, getattr(settings, "serving_workers", 1))  # serving processes on this host share it
+        share = max(1, (os.cpu_count() or 2) // workers)
+        self.budget_bytes = settings.serving_memory_budget_mb * 1024 * 1024 // workers
+        self.default_threads = None if workers == 1 else share  # intra-op threads when a deployment sets none
+        self.executor = ThreadPoolExecutor(max_workers=settings.serving_threads or share,
                                            thread_name_prefix="modelport-infer")
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.lock = threading.Lock()
@@ -127,11 +142,16 @@ class ModelCache:
         now = time.monotonic()
         if hit and not fresh and now - hit[0] < self.FRESH_S:
             return hit[1]
+        return self._publish(name, now, self._fetch(name))
+
+    def _fetch(self, name: str) -> list[dict[str, Any]]:
         project, bare = split_name(name)
         with self.db.session() as s:
-            rows = [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
+            return [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
                      "runtime": d.runtime, "batching": d.batching, "reason": d.reason}
                     for d in repo.deployment_versions(s, bare, project)]
+
+    def _publish(self, name: str, now: float, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self._names[name] = (now, rows)
         ids = {r["id"] for r in rows}
         with self.lock:  # versions deleted through another replica: let go of their runners here too
@@ -189,11 +209,30 @@ class ModelCache:
 
     def _refresh(self, name: str) -> None:
         try:
-            self.versions(name, fresh=True)
+            now = time.monotonic()
+            rows = self._fetch(name)
+            self._warm(name, rows)
+            self._publish(name, now, rows)
         except Exception as e:  # keep serving what was last seen; the next request tries again
             log.warning("refreshing deployment %s from the catalog failed: %s", name, e)
         finally:
             self._refreshing.discard(name)
+
+    def _warm(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Load the version unversioned requests are about to move to, when this replica serves an
+        older one of that name (a version deployed through another replica), before they move."""
+        ready = next((r for r in rows if r["status"] == "ready"), None)
+        if ready is None or ready["id"] in self.loaded:
+            return
+        with self.lock:
+            serving = any(lm.name == name for lm in self.loaded.values())
+        if serving:
+            try:
+                self.load(ready["id"])
+                log.info("loaded %s v%s (deployed through another replica) before moving requests to it",
+                         name, ready["version"])
+            except Exception as e:  # requests will try (and report) the load themselves
+                log.warning("loading %s v%s ahead of its requests failed: %s", name, ready["version"], e)
 
     @staticmethod
     def _pick(name: str, rows: list[dict[str, Any]], version: str | int | None) -> dict[str, Any]:
@@ -282,8 +321,8 @@ class ModelCache:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         t = time.perf_counter()
-        runner = open_runner(fmt, folder, [p for p, _ in files], primary,
-                             precision=runtime.get("precision", "fp32"), threads=runtime.get("threads"))
+        runner = open_runner(fmt, folder, [p for p, _ in files], primary, precision=runtime.get("precision", "fp32"),
+                             threads=runtime.get("threads") or self.default_threads)
         load_ms = (time.perf_counter() - t) * 1000
         inputs, outputs = runner.inputs(), runner.outputs()
         batcher, note = None, "unbatched (no batching configured)"
@@ -310,7 +349,7 @@ class ModelCache:
         return lm
 
     def _evict(self) -> None:
-        budget = self.settings.serving_memory_budget_mb * 1024 * 1024
+        budget = self.budget_bytes
         while len(self.loaded) > 1 and sum(m.size_bytes for m in self.loaded.values()) > budget:
             _, victim = self.loaded.popitem(last=False)
             log.info("evicting %s v%s (LRU, memory budget)", victim.name, victim.version)
