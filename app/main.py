@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             stop.set()
+            from app.serving import endpoint_bench
+
+            await endpoint_bench.stop_all(app.state)
             await app.state.models.close()
             if executor is not None:
                 executor.stop()

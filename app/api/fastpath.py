@@ -112,9 +112,11 @@ class FastPath:
         except OverflowError as e:
             return await self._send(send, 413, {"content-type": "application/json"},
                                     json.dumps({"error": str(e)}).encode())
-        hl = self._headers(scope).get(b"inference-header-content-length")
+        h = self._headers(scope)
+        hl, bm = h.get(b"inference-header-content-length"), h.get(b"x-modelport-batching")
         status, headers, payload = await run_infer(self.app.state, name, version,
-                                                   hl.decode("latin-1") if hl is not None else None, body)
+                                                   hl.decode("latin-1") if hl is not None else None, body,
+                                                   bm.decode("latin-1") if bm is not None else None)
         await self._send(send, status, headers, payload)
 
     async def _v1(self, scope, receive, send, name: str) -> None:
@@ -137,7 +139,8 @@ class FastPath:
         h = self._headers(scope)
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         version = qs.get("version", [None])[0]
+        bm = h.get(b"x-modelport-batching")
         status, headers, payload = await run_predict(
             self.app.state, name, version, h.get(b"content-type", b"").decode("latin-1"),
-            h.get(b"accept", b"").decode("latin-1"), body)
+            h.get(b"accept", b"").decode("latin-1"), body, bm.decode("latin-1") if bm is not None else None)
         await self._send(send, status, headers, payload)

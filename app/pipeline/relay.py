@@ -10,6 +10,7 @@ catalog, where the executor finds it when it next starts (EmbeddedExecutor._resu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -70,7 +71,5 @@ class RelayListener:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass

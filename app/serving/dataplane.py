@@ -29,9 +29,10 @@ def _error_body(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
 
 
 async def run_infer(state, name: str, version: str | None, header_length: str | None,
-                body: bytes) -> tuple[int, dict[str, str], bytes]:
+                body: bytes, batching: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """One v2 inference, independent of the HTTP framework: (status, headers, body). Used by the
-    FastAPI route and by the ASGI fast path (app.api.fastpath) alike."""
+    FastAPI route and by the ASGI fast path (app.api.fastpath) alike. ``batching``: the request's
+    ``X-Modelport-Batching`` header (ModelCache.batcher_for)."""
     from app.serving import codec
 
     metrics = state.metrics
@@ -47,9 +48,10 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
                 from None
         req = codec.decode_v2_request(body, hl)
         codec.check_inputs(req.inputs, lm.specs())
+        batcher = state.models.batcher_for(lm, batching)
         t = time.perf_counter()
-        outputs = await state.models.predict(lm, req.inputs)
-        if lm.batcher is None:
+        outputs = await state.models.predict(lm, req.inputs, batcher)
+        if batcher is None:
             first = next(iter(req.inputs.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
                               time.perf_counter() - t)
@@ -77,9 +79,9 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
 
 
 async def run_predict(state, name: str, version: str | None, content_type: str, accept: str,
-                      body: bytes) -> tuple[int, dict[str, str], bytes]:
+                      body: bytes, batching: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """One v1 prediction, independent of the HTTP framework: (status, headers, body). Used by the
-    FastAPI route and by the ASGI fast path (app.api.fastpath) alike."""
+    FastAPI route and by the ASGI fast path (app.api.fastpath) alike. ``batching`` as for run_infer."""
     from app.serving import codec
 
     cache, metrics = state.models, state.metrics
@@ -104,9 +106,10 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
                 raise codec.CodecError(f"the body is not JSON, .npy or .npz: {e}") from None
             feeds = codec.decode_v1_json(obj, {s.name: (s.dtype, s.shape) for s in lm.inputs})
         codec.check_inputs(feeds, lm.specs())
+        batcher = cache.batcher_for(lm, batching)
         t = time.perf_counter()
-        outputs = await cache.predict(lm, feeds)
-        if lm.batcher is None:
+        outputs = await cache.predict(lm, feeds, batcher)
+        if batcher is None:
             first = next(iter(feeds.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
                               time.perf_counter() - t)

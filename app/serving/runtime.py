@@ -69,6 +69,9 @@ class Loaded:
     inline_sizes: dict[str, int] = field(default_factory=dict)  # ... at most this many elements per input
     call_us: float | None = None
     last_used: float = field(default_factory=time.monotonic)
+    batching: dict[str, Any] = field(default_factory=dict)  # as deployed (max_batch_size, max_queue_delay_ms)
+    dynamic_batch: bool = False  # every input has a dynamic batch dimension: requests can be merged
+    alt: tuple[tuple[int, float], Any] | None = None  # (settings, Batcher) asked for by X-Modelport-Batching
 
     def specs(self) -> list[tuple[str, str | None, list | None]]:
         return [(s.name, s.dtype, s.shape) for s in self.inputs]
@@ -96,6 +99,35 @@ def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int]]:
         return sorted(times)[10] * 1e6, {k: int(v.size) for k, v in feeds.items()}
     except Exception:  # a model that cannot run generated inputs is simply not probed
         return None, {}
+
+
+AS_DEPLOYED = object()  # predict()'s default: the deployment's own batcher (or none)
+
+
+def _batchers(lm: Loaded) -> list:
+    return [b for b in (lm.batcher, lm.alt[1] if lm.alt else None) if b is not None]
+
+
+def _parse_batching(mode: str) -> tuple | None:
+    """``X-Modelport-Batching``: ``off`` -> None; ``on`` -> (); ``on;max_batch_size=N;max_queue_delay_ms=D``
+    -> (N, D). Anything else is a 400 naming the grammar."""
+    parts = [p.strip() for p in mode.split(";")]
+    head = parts[0].lower()
+    if head == "off" and len(parts) == 1:
+        return None
+    if head == "on":
+        if len(parts) == 1:
+            return ()
+        try:
+            kv = dict(p.split("=", 1) for p in parts[1:])
+            size = int(kv.pop("max_batch_size"))
+            delay = float(kv.pop("max_queue_delay_ms", 0))
+            if not kv and 1 < size <= 4096 and 0 <= delay <= 10_000:
+                return size, delay
+        except (KeyError, ValueError):
+            pass
+    raise ServingError(400, f"X-Modelport-Batching must be off, on, or on;max_batch_size=N[;max_queue_delay_ms=D] "
+                       f"(2 <= N <= 4096, 0 <= D <= 10000), got {mode[:100]!r}", "bad_batching")
 
 
 def qualified(project: str, name: str) -> str:
@@ -342,7 +374,8 @@ class ModelCache:
             batcher, note = None, (f"runs inline on the event loop: a call takes {call_us:.0f} µs, less than "
                                    "handing it to a thread (MODELPORT_SERVING_INLINE_US)")
         lm = Loaded(deployment_id, name, version, fmt, runner, inputs, outputs, batcher, note, size, load_ms,
-                    inline=inline, inline_sizes=probed, call_us=call_us)
+                    inline=inline, inline_sizes=probed, call_us=call_us, batching=batching,
+                    dynamic_batch=_dynamic_batch(inputs))
         with self.lock:
             self.loaded[deployment_id] = lm
             self._evict()
@@ -356,9 +389,10 @@ class ModelCache:
             self._close(victim)
 
     def _close(self, lm: Loaded) -> None:
-        if lm.batcher is not None:  # drain what it holds, then let go of the runner
+        if lm.batcher is not None or lm.alt is not None:  # drain what they hold, then let go of the runner
             async def drain() -> None:
-                await lm.batcher.close()
+                for b in _batchers(lm):
+                    await b.close()
                 lm.runner.close()
 
             with contextlib.suppress(RuntimeError):  # no running loop here: hand it to the app's loop
@@ -377,11 +411,50 @@ class ModelCache:
 
     # ------------------------------------------------------------------ inference
 
-    async def predict(self, lm: Loaded, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if lm.inline and all(a.size <= lm.inline_sizes.get(k, 0) for k, a in feeds.items()):
+    def batcher_for(self, lm: Loaded, mode: str | None):
+        """The batcher a request goes through (None: unbatched), given its ``X-Modelport-Batching``
+        header: absent = as deployed; ``off`` = no dynamic batching for this request (inline or
+        the thread pool, as an unbatched deployment); ``on`` = through a dynamic batcher: the
+        deployment's (also for a model fast enough to run inline), or, with
+        ``on;max_batch_size=N[;max_queue_delay_ms=D]``, one of those settings (one such batcher per
+        loaded version, replaced when other settings are asked for). The endpoint benchmark uses
+        it to measure a deployment with and without batching. On the event loop only."""
+        if mode is None:
+            return lm.batcher
+        want = _parse_batching(mode)
+        if want is None:
+            return None
+        if want == ():
+            if lm.batcher is not None:
+                return lm.batcher
+            mbs = int(lm.batching.get("max_batch_size") or 1)
+            if mbs <= 1:
+                raise ServingError(400, f"deployment '{split_name(lm.name)[1]}' has no dynamic batching configured: "
+                                   "send X-Modelport-Batching: on;max_batch_size=N", "bad_batching")
+            want = (mbs, float(lm.batching.get("max_queue_delay_ms") or 0))
+        if not lm.dynamic_batch:
+            raise ServingError(400, "this model has no dynamic batch dimension, so requests cannot be merged",
+                               "bad_batching")
+        if lm.alt is not None and lm.alt[0] == want:
+            return lm.alt[1]
+        from app.serving.batcher import Batcher
+
+        old = lm.alt
+        on_batch = self.metrics.batch_observer(lm.name, str(lm.version)) if self.metrics else None
+        lm.alt = (want, Batcher(lm.runner.run, max_batch_size=want[0], max_queue_delay_ms=want[1],
+                                executor=self.executor, on_batch=on_batch))
+        if old is not None:
+            asyncio.get_running_loop().create_task(old[1].close())
+        return lm.alt[1]
+
+    async def predict(self, lm: Loaded, feeds: dict[str, np.ndarray], batcher: Any = AS_DEPLOYED) -> dict[str, np.ndarray]:
+        """Run ``feeds``: as deployed, or through ``batcher`` (None: unbatched), as :meth:`batcher_for` chose."""
+        if batcher is AS_DEPLOYED:
+            batcher = lm.batcher
+        if batcher is None and lm.inline and all(a.size <= lm.inline_sizes.get(k, 0) for k, a in feeds.items()):
             return lm.runner.run(feeds)  # no bigger than what was measured to take < serving_inline_us
-        if lm.batcher is not None:
-            return await lm.batcher.submit(feeds)
+        if batcher is not None:
+            return await batcher.submit(feeds)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lm.runner.run, feeds)
 
@@ -390,7 +463,7 @@ class ModelCache:
             items = list(self.loaded.values())
             self.loaded.clear()
         for lm in items:
-            if lm.batcher is not None:
-                await lm.batcher.close()
+            for b in _batchers(lm):
+                await b.close()
             lm.runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
