@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the API (embedded defaults unless MODELPORT_* is set)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="serving processes on the one port (default MODELPORT_SERVING_WORKERS, 1); see app/serve.py")
     serve.add_argument("--insecure", action="store_true",
                        help="listen beyond loopback even though no API key exists (anyone reaching it has every right)")
     db = sub.add_parser("db", help="catalog migrations")
@@ -65,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         refused = keys_cli.serve_guard(settings, args.host or settings.host, args.insecure)
         if refused is not None:
             return refused
+        workers = args.workers if args.workers is not None else settings.serving_workers
+        if workers < 1:
+            print(f"modelport serve: --workers must be at least 1, got {workers}", file=sys.stderr)
+            return 2
+        if workers > 1:  # N processes on one port under a supervisor (which runs the embedded executor)
+            from app import serve as supervisor
+
+            return supervisor.run(settings, args.host or settings.host, args.port or settings.port, workers)
+        settings = settings.model_copy(update={"serving_workers": 1, "executor_socket": None})  # one process
 
         # no per-request access log or proxy-header rewriting on the hot path (set log level debug for
         # request logs); the inference routes bypass FastAPI's routing (app.api.fastpath)

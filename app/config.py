@@ -90,7 +90,14 @@ class Settings(BaseSettings):
 
     # Serving.
     serving_threads: int = Field(default=0, ge=0, description="inference thread pool size; 0 = CPU count")
-    serving_memory_budget_mb: int = Field(default=8192, gt=0)
+    serving_memory_budget_mb: int = Field(default=8192, gt=0, description="the runner cache's budget, for the whole "
+                                          "server: with N serving workers each one's cache gets 1/N of it")
+    serving_workers: int = Field(default=1, ge=1, le=64, description="serving processes on the one port "
+                                 "(`modelport serve --workers N` sets it); the memory budget, the inference pool "
+                                 "and a deployment's default intra-op threads are split between them")
+    executor_socket: str | None = Field(default=None, description="internal, set by `modelport serve --workers N` "
+                                        "in its workers: where the steps they enqueue go (the supervisor process "
+                                        "runs the one embedded executor)")
     serving_load: Literal["lazy", "eager"] = "lazy"
     serving_max_body_bytes: int = Field(default=256 * 1024**2, gt=0, description="largest inference request")
     serving_max_rows: int = Field(default=4096, gt=0, description="rows (the batch dimension) of one inference "

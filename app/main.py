@@ -37,6 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from app.pipeline.dispatch import CeleryDispatcher
 
             app.state.dispatcher = CeleryDispatcher(broker_url=settings.broker_url)
+        elif settings.executor_socket:  # a worker of `modelport serve --workers N`: its supervisor runs the steps
+            from app.pipeline.relay import RelayDispatcher
+
+            app.state.dispatcher = RelayDispatcher(settings.executor_socket)
         else:  # embedded: the same step function on a thread pool in this process
             from app.pipeline.embedded import EmbeddedExecutor
 
@@ -63,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             stop.set()
+            from app.serving import endpoint_bench
+
+            await endpoint_bench.stop_all(app.state)
             await app.state.models.close()
             if executor is not None:
                 executor.stop()
@@ -136,10 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(authenticated), Depends(admin)])
     def metrics():  # every project's deployment names are in it: an admin key, once keys exist
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
         from starlette.responses import Response
 
-        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     from app.ui import mount as mount_ui
 

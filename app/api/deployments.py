@@ -13,7 +13,7 @@ from app.api.deps import DatabaseDep, PrincipalDep, StoreDep
 from app.api.schemas import PREDICT_DOC
 from app.api.zipstream import stream_zip
 from app.limits import content_disposition
-from app.serving import dataplane, deployments, export
+from app.serving import dataplane, deployments, endpoint_bench, export
 from app.serving.runtime import qualified
 
 router = APIRouter(tags=["deployments"])
@@ -100,5 +100,44 @@ async def predict(name: str, request: Request, principal: PrincipalDep,
     (several); outputs as JSON, or ``.npz`` with ``Accept: application/x-npz``."""
     status, headers, payload = await dataplane.run_predict(
         request.app.state, qualified(principal.project, name), version, request.headers.get("content-type", ""),
-        request.headers.get("accept", ""), await request.body())
+        request.headers.get("accept", ""), await request.body(), request.headers.get("x-modelport-batching"))
     return Response(payload, status_code=status, headers=headers)
+
+
+class EndpointBenchmarkRequest(BaseModel):
+    """A perf_analyzer-style sweep through the deployment's endpoint (app/serving/endpoint_bench.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(default=None, ge=1, description="the version to measure (default: the one serving)")
+    modes: list[Literal["batched", "unbatched"]] = Field(default=["batched", "unbatched"], min_length=1,
+                                                         description="with and/or without dynamic batching")
+    protocol: Literal["v2_binary", "v2_json"] = Field(default="v2_binary", description="binary tensors (what "
+                                                      "tritonclient sends) or v2 JSON")
+    rows: int = Field(default=1, ge=1, le=4096, description="rows (samples) per request")
+    max_concurrency: int = Field(default=64, ge=1, le=1024, description="concurrency doubles from 1 up to this")
+    growth_pct: float = Field(default=5.0, ge=0, le=100, description="stop once throughput grows by less than this")
+    stability_pct: float = Field(default=10.0, gt=0, le=100, description="3 windows agree within this")
+    window_ms: float = Field(default=1000.0, ge=50, le=60_000, description="one measurement window")
+    min_window_requests: int = Field(default=25, ge=1, le=100_000, description="a window lasts until it holds "
+                                     "this many answers (up to 10 windows' time)")
+    max_windows: int = Field(default=10, ge=3, le=100, description="per concurrency, then reported unstable")
+    max_seconds: float = Field(default=300.0, gt=0, le=3600, description="the whole sweep, split between modes")
+    max_batch_size: int = Field(default=16, ge=2, le=4096, description="the batched mode of a deployment deployed "
+                                "without batching; one with batching is measured as deployed")
+    max_queue_delay_ms: float = Field(default=0.0, ge=0, le=10_000)
+
+
+@router.post("/v1/deployments/{name}/benchmark", status_code=202)
+async def benchmark_deployment(name: str, body: EndpointBenchmarkRequest, request: Request, principal: PrincipalDep):
+    """Start a concurrency sweep against the deployment's own endpoint, with and without dynamic
+    batching; poll ``links.self`` (``?wait=S``) for the latency and throughput per concurrency."""
+    out = await endpoint_bench.start(request.app.state, qualified(principal.project, name), body.model_dump(),
+                                     request.scope.get("server"), endpoint_bench.credentials(request.headers))
+    return JSONResponse(out, status_code=202)
+
+
+@router.get("/v1/deployments/{name}/benchmark/{bench_id}")
+async def get_deployment_benchmark(name: str, bench_id: str, request: Request, principal: PrincipalDep,
+                                   wait: Annotated[float, Query(ge=0, le=600, description="long-poll up to N s")] = 0):
+    return await endpoint_bench.get(request.app.state, qualified(principal.project, name), bench_id, wait)

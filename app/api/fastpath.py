@@ -1,11 +1,15 @@
 """An ASGI front for the two inference routes. ``POST /v2/models/{name}[/versions/{v}]/infer`` and
 ``POST /v1/deployments/{name}/predict`` go straight to their handlers (the same functions the
 FastAPI routes call); everything else goes to FastAPI. Measured on 2 cores, FastAPI's routing,
-dependency solving and middleware stack cost more per request than a small model's compute."""
+dependency solving and middleware stack cost more per request than a small model's compute.
+
+Every response names the process that answered it in ``X-Modelport-Worker`` (its pid): under
+`modelport serve --workers N` that tells the N workers apart."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from urllib.parse import parse_qs, unquote
 
@@ -15,10 +19,14 @@ V2 = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 V1 = re.compile(r"^/v1/deployments/([^/]+)/predict$")
 
 
+WORKER_HEADER = b"x-modelport-worker"
+
+
 class FastPath:
     def __init__(self, app, settings=None):
         self.app = app
         self._entry = self._call
+        self.worker = (WORKER_HEADER, str(os.getpid()).encode())
         if settings is not None:  # the request guard (app.api.guards) in front of both paths
             from app.api.guards import RequestGuard
 
@@ -40,7 +48,16 @@ class FastPath:
             m = V1.match(path)
             if m is not None:
                 return await self._v1(scope, receive, send, unquote(m.group(1)))
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        worker = self.worker
+
+        async def send_named(msg):
+            if msg["type"] == "http.response.start":
+                msg["headers"] = [*msg.get("headers", ()), worker]
+            await send(msg)
+
+        await self.app(scope, receive, send_named)
 
     async def _body(self, receive) -> bytes:
         limit = self.app.state.settings.serving_max_body_bytes
@@ -62,10 +79,10 @@ class FastPath:
     def _headers(scope) -> dict[bytes, bytes]:
         return dict(scope["headers"])
 
-    @staticmethod
-    async def _send(send, status: int, headers: dict[str, str], body: bytes) -> None:
+    async def _send(self, send, status: int, headers: dict[str, str], body: bytes) -> None:
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
+        raw.append(self.worker)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
@@ -108,9 +125,11 @@ class FastPath:
         except ModelportError as e:  # the body stopped arriving (app.api.guards)
             return await self._send(send, e.status_code, {"content-type": "application/json", "connection": "close"},
                                     json.dumps({"error": e.message}).encode())
-        hl = self._headers(scope).get(b"inference-header-content-length")
+        h = self._headers(scope)
+        hl, bm = h.get(b"inference-header-content-length"), h.get(b"x-modelport-batching")
         status, headers, payload = await run_infer(self.app.state, name, version,
-                                                   hl.decode("latin-1") if hl is not None else None, body)
+                                                   hl.decode("latin-1") if hl is not None else None, body,
+                                                   bm.decode("latin-1") if bm is not None else None)
         await self._send(send, status, headers, payload)
 
     async def _v1(self, scope, receive, send, name: str) -> None:
@@ -136,7 +155,8 @@ class FastPath:
         h = self._headers(scope)
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         version = qs.get("version", [None])[0]
+        bm = h.get(b"x-modelport-batching")
         status, headers, payload = await run_predict(
             self.app.state, name, version, h.get(b"content-type", b"").decode("latin-1"),
-            h.get(b"accept", b"").decode("latin-1"), body)
+            h.get(b"accept", b"").decode("latin-1"), body, bm.decode("latin-1") if bm is not None else None)
         await self._send(send, status, headers, payload)

@@ -113,7 +113,7 @@ def model_version_ready(name: str, version: str, request: Request, principal: Pr
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     status, headers, payload = await dataplane.run_infer(request.app.state, name, version,
                                            request.headers.get("inference-header-content-length"),
-                                           await request.body())
+                                           await request.body(), request.headers.get("x-modelport-batching"))
     return Response(payload, status_code=status, headers=headers)
 
 

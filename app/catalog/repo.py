@@ -15,6 +15,7 @@ from app.catalog.tables import (
     Benchmark,
     CallbackDelivery,
     Deployment,
+    EndpointBenchmark,
     Job,
     JobStep,
     Model,
@@ -471,3 +472,40 @@ def dispatch_backlog(s: Session) -> tuple[int, str | None]:
     n = s.scalar(select(func.count()).select_from(StepDispatch)) or 0
     err = s.scalar(select(StepDispatch.last_error).where(StepDispatch.last_error.is_not(None)).limit(1)) if n else None
     return n, err
+
+
+# ----------------------------------------------------------------------------- endpoint benchmarks
+
+
+def add_endpoint_benchmark(s: Session, **fields: Any) -> EndpointBenchmark:
+    row = EndpointBenchmark(**fields)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def get_endpoint_benchmark(s: Session, bench_id: str, project: str | None = None) -> EndpointBenchmark | None:
+    b = s.get(EndpointBenchmark, bench_id)
+    return b if b is not None and (project is None or b.project_id == project) else None
+
+
+def running_endpoint_benchmarks(s: Session, beat_since) -> list[EndpointBenchmark]:
+    """Sweeps still running whose process heartbeat at or after ``beat_since`` (any project)."""
+    return list(s.scalars(select(EndpointBenchmark).where(EndpointBenchmark.status == "running",
+                                                          EndpointBenchmark.heartbeat_at >= beat_since)))
+
+
+def update_endpoint_benchmark(s: Session, bench_id: str, **fields: Any) -> None:
+    s.execute(update(EndpointBenchmark).where(EndpointBenchmark.id == bench_id).values(**fields)
+              .execution_options(synchronize_session=False))
+
+
+def latest_endpoint_benchmarks(s: Session, model_id: str) -> list[EndpointBenchmark]:
+    """The newest succeeded sweep of each thing served from ``model_id`` (each artifact, and the
+    upload itself under artifact_id None)."""
+    latest: dict[str | None, EndpointBenchmark] = {}
+    for b in s.scalars(select(EndpointBenchmark).where(EndpointBenchmark.model_id == model_id,
+                                                       EndpointBenchmark.status == "succeeded")
+                       .order_by(EndpointBenchmark.created_at)):
+        latest[b.artifact_id] = b
+    return list(latest.values())

@@ -350,3 +350,29 @@ class BlobDeletion(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     requested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True,
                                                       nullable=False)
+
+
+class EndpointBenchmark(Base):
+    """A perf_analyzer-style sweep through a deployment's own endpoint, with and without dynamic
+    batching (app/serving/endpoint_bench.py). It names the deployment version it measured by name
+    and number (kept when the deployment is deleted) and belongs to the model (and artifact) served,
+    whose format report shows it beside the in-process benchmark."""
+
+    __tablename__ = "endpoint_benchmarks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), index=True,
+                                            nullable=False, default=DEFAULT_PROJECT)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False)
+    artifact_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True)
+    deployment_id: Mapped[str | None] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(128), index=True, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), index=True, nullable=False)  # running | succeeded | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    results: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    runner: Mapped[str] = mapped_column(String(255), nullable=False)  # host:pid of the process running it
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

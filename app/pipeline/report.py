@@ -32,6 +32,7 @@ def build(s, model) -> dict[str, Any]:
     rows = []
     arts = repo.list_artifacts(s, model.id)
     vals, benches = repo.latest_checks(s, [a.id for a in arts])
+    endpoint = {b.artifact_id: endpoint_summary(b) for b in repo.latest_endpoint_benchmarks(s, model.id)}
     host = None
     for art in arts:
         v, b = vals.get(art.id), benches.get(art.id)
@@ -51,11 +52,13 @@ def build(s, model) -> dict[str, Any]:
             "validation_reason": v.reason if v else None,
             "max_abs_err": v.max_abs_err if v else None,
             "deployable": bool(v and v.status == "passed"),
+            "endpoint": endpoint.get(art.id),
         })
     front = pareto_front(rows)
     for r in rows:
         r["pareto"] = r["artifact_id"] in front
-    return {"model": {"id": model.id, "name": model.name, "format": model.format, "size_bytes": model.size_bytes},
+    return {"model": {"id": model.id, "name": model.name, "format": model.format, "size_bytes": model.size_bytes,
+                      "endpoint": endpoint.get(None)},
             "host": host, "rows": rows, "recommendations": recommend(model, rows)}
 
 
@@ -70,6 +73,21 @@ def pareto_front(rows: list[dict[str, Any]]) -> set[str]:
                    and (q["size_bytes"] < r["size_bytes"] or q["p50_ms"] < r["p50_ms"]) for q in cands)
 
     return {r["artifact_id"] for r in cands if not beaten(r)}
+
+
+POINT_KEYS = ("concurrency", "p50_ms", "p90_ms", "p99_ms", "throughput_rps", "throughput", "stable")
+
+
+def endpoint_summary(b) -> dict[str, Any]:
+    """A sweep through the endpoint (app/serving/endpoint_bench.py) for the report: per mode
+    (batched, unbatched) latency and throughput per concurrency, the best point, and why it stopped."""
+    r = b.results or {}
+    return {"benchmark_id": b.id, "deployment": b.name, "version": b.version,
+            "created_at": b.created_at.isoformat(), "protocol": r.get("protocol"), "rows": r.get("rows"),
+            "serving_workers": r.get("serving_workers"), "skipped": r.get("skipped") or {},
+            "modes": {m: {"batching": d.get("batching"), "stop_reason": d.get("stop_reason"), "best": d.get("best"),
+                          "points": [{k: p.get(k) for k in POINT_KEYS} for p in d.get("points") or []]}
+                      for m, d in (r.get("modes") or {}).items()}}
 
 
 def _fmt_bytes(n: int) -> str:
@@ -161,6 +179,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['format']} | {r['precision']} | {_fmt_bytes(r['size_bytes'])} | {n(r['load_ms'], '{:.1f}')} | "
                      f"{n(r['p50_ms'])} | {n(r['p99_ms'])} | {n(r['throughput'], '{:.0f}')} | {r['validation']} | "
                      f"{n(r['max_abs_err'], '{:.2e}')} |")
+    lines += _endpoint_markdown(report)
     lines += ["", "## Recommendations", ""]
     for rec in report["recommendations"]:
         c = rec["choice"]
@@ -169,6 +188,37 @@ def markdown(report: dict[str, Any]) -> str:
                                                            else " (differs from the seed's order)")
         lines.append(f"- **{rec['priority']}**: {pick}{seed} — {rec['because']}. Seed: {rec['seed_order']}.")
     return "\n".join(lines) + "\n"
+
+
+def _endpoint_markdown(report: dict[str, Any]) -> list[str]:
+    served = [(f"{r['format']} {r['precision']} ({r['artifact_id'][:8]})", r["endpoint"]) for r in report["rows"]
+              if r.get("endpoint")]
+    if report["model"].get("endpoint"):
+        served.insert(0, (f"the upload ({report['model']['format']})", report["model"]["endpoint"]))
+    if not served:
+        return []
+    out = ["", "## Through the endpoint", "",
+           "Concurrency sweeps against the deployment's own endpoint (`POST /v1/deployments/{name}/benchmark`), "
+           "latency measured at the client.", "",
+           "| served | deployment | batching | concurrency | p50 ms | p90 ms | p99 ms | req/s | stable |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def n(v, f="{:.3f}"):
+        return "—" if v is None else f.format(v)
+
+    for label, e in served:
+        for mode, d in e["modes"].items():
+            for p in d["points"]:
+                out.append(f"| {label} | {e['deployment']} v{e['version']} | {mode} | {p['concurrency']} | "
+                           f"{n(p['p50_ms'])} | {n(p['p90_ms'])} | {n(p['p99_ms'])} | {n(p['throughput_rps'], '{:.0f}')} "
+                           f"| {'yes' if p['stable'] else 'no'} |")
+    for label, e in served:
+        for mode, d in e["modes"].items():
+            b = d.get("best")
+            if b:
+                out.append(f"- {label}, {mode}: best {b['throughput_rps']:.0f} req/s at concurrency {b['concurrency']} "
+                           f"(p50 {n(b['p50_ms'])} ms); stopped: {d['stop_reason']}")
+    return out
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",

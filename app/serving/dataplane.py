@@ -142,9 +142,10 @@ def _error_body(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
 
 
 async def run_infer(state, name: str, version: str | None, header_length: str | None,
-                body: bytes) -> tuple[int, dict[str, str], bytes]:
+                body: bytes, batching: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """One v2 inference, independent of the HTTP framework: (status, headers, body). Used by the
-    FastAPI route and by the ASGI fast path (app.api.fastpath) alike."""
+    FastAPI route and by the ASGI fast path (app.api.fastpath) alike. ``batching``: the request's
+    ``X-Modelport-Batching`` header (ModelCache.batcher_for)."""
     from app.serving import codec
 
     metrics = state.metrics
@@ -165,15 +166,16 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
         req = await _maybe_process(json_part >= OFF_PROCESS_BYTES, codec.decode_v2_request, body, hl)
         codec.check_inputs(req.inputs, lm.specs())
         check_bounds(lm, req.inputs, limits)
+        batcher = state.models.batcher_for(lm, batching)
         t = time.perf_counter()
         try:
-            outputs = await state.models.predict(lm, req.inputs)
+            outputs = await state.models.predict(lm, req.inputs, batcher)
         except ServingError:
             raise
         except Exception as e:  # the runtime refused these inputs (as Triton: INVALID_ARG, 400)
             raise InferenceFailed(f"inference failed: {type(e).__name__}: {e}"[:2000]) from None
         check_output_size(outputs, limits)
-        if lm.batcher is None:
+        if batcher is None:
             first = next(iter(req.inputs.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
                               time.perf_counter() - t)
@@ -204,9 +206,9 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
 
 
 async def run_predict(state, name: str, version: str | None, content_type: str, accept: str,
-                      body: bytes) -> tuple[int, dict[str, str], bytes]:
+                      body: bytes, batching: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """One v1 prediction, independent of the HTTP framework: (status, headers, body). Used by the
-    FastAPI route and by the ASGI fast path (app.api.fastpath) alike."""
+    FastAPI route and by the ASGI fast path (app.api.fastpath) alike. ``batching`` as for run_infer."""
     from app.serving import codec
 
     cache, metrics = state.models, state.metrics
@@ -234,10 +236,11 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
                                          {s.name: (s.dtype, s.shape) for s in lm.inputs})
         codec.check_inputs(feeds, lm.specs())
         check_bounds(lm, feeds, limits)
+        batcher = cache.batcher_for(lm, batching)
         t = time.perf_counter()
-        outputs = await cache.predict(lm, feeds)
+        outputs = await cache.predict(lm, feeds, batcher)
         check_output_size(outputs, limits)
-        if lm.batcher is None:
+        if batcher is None:
             first = next(iter(feeds.values()), None)
             metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
                               time.perf_counter() - t)

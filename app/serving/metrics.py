@@ -13,11 +13,18 @@
 
 Triton exports cumulative microsecond counters; these are histograms in seconds, from which the
 same averages follow (``_sum / _count``) along with percentiles. Job metrics are read from the
-catalog at scrape time, so every replica reports the same numbers."""
+catalog at scrape time, so every replica reports the same numbers.
+
+Under `modelport serve --workers N` the workers share ``PROMETHEUS_MULTIPROC_DIR`` (set by the
+supervisor before any worker imports prometheus_client): each process writes its counters and
+histograms to its own files there, and a scrape of any worker adds up every worker's
+(prometheus_client's ``MultiProcessCollector``), so ``/metrics`` reads as one server's."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -47,8 +54,23 @@ class Metrics:
                                  registry=self.registry)
         self.batch = Histogram("modelport_inference_batch_size", "Rows per model execution", labels,
                                buckets=BATCH_BUCKETS, registry=self.registry)
-        if db is not None:
-            self.registry.register(_JobCollector(db))
+        self.jobs = _JobCollector(db) if db is not None else None
+        if self.jobs is not None:
+            self.registry.register(self.jobs)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read as prometheus_client reads it
+
+    def exposition(self) -> bytes:
+        """The text format of every metric: this process's, or, in multiprocess mode, the sum over
+        every worker's (the job metrics come from the catalog once either way)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        if self.jobs is not None:
+            registry.register(self.jobs)
+        return generate_latest(registry)
 
     def batch_observer(self, model: str, version: str):
         q, c, b, e, n = (m.labels(model, version) for m in (self.queue, self.compute, self.batch, self.exec_count,

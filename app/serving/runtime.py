@@ -2,7 +2,18 @@
 deployment, and the predict call. Inference runs on a thread pool, never on the event loop.
 
 Several API replicas serve the same deployments: each replica loads what it is asked for from the
-catalog and the object store (lazily, or all ready ones at start with MODELPORT_SERVING_LOAD=eager)."""
+catalog and the object store (lazily, or all ready ones at start with MODELPORT_SERVING_LOAD=eager).
+The workers of `modelport serve --workers N` are such replicas on one host: each has its own cache,
+with 1/N of the memory budget, and cores/N inference threads (app/serve.py).
+
+How a deploy (or delete) made through one replica reaches another: the replica that took the
+request loads the new version, marks it ready and drops its cached versions of the name. Any
+other replica keeps its cached versions for ``FRESH_S`` (1 s) with no catalog query; the first
+request after that is still answered from them while a thread re-reads the catalog, and when
+that thread finds a newer ready version of a name this replica serves, it loads it *before*
+publishing the new versions, so requests move over to a warm runner (no request waits on the
+load). A new version is served everywhere about a second after it was deployed (plus its load
+time); a deleted one is let go of the same way."""
 
 from __future__ import annotations
 
@@ -59,6 +70,9 @@ class Loaded:
     call_us: float | None = None
     out_bytes_per_row: int | None = None  # measured by the load probe: bounds requests before they run
     last_used: float = field(default_factory=time.monotonic)
+    batching: dict[str, Any] = field(default_factory=dict)  # as deployed (max_batch_size, max_queue_delay_ms)
+    dynamic_batch: bool = False  # every input has a dynamic batch dimension: requests can be merged
+    alt: tuple[tuple[int, float], Any] | None = None  # (settings, Batcher) asked for by X-Modelport-Batching
 
     def specs(self) -> list[tuple[str, str | None, list | None]]:
         return [(s.name, s.dtype, s.shape) for s in self.inputs]
@@ -89,6 +103,35 @@ def _probe_us(runner, inputs) -> tuple[float | None, dict[str, int], int | None]
         return None, {}, None
 
 
+AS_DEPLOYED = object()  # predict()'s default: the deployment's own batcher (or none)
+
+
+def _batchers(lm: Loaded) -> list:
+    return [b for b in (lm.batcher, lm.alt[1] if lm.alt else None) if b is not None]
+
+
+def _parse_batching(mode: str) -> tuple | None:
+    """``X-Modelport-Batching``: ``off`` -> None; ``on`` -> (); ``on;max_batch_size=N;max_queue_delay_ms=D``
+    -> (N, D). Anything else is a 400 naming the grammar."""
+    parts = [p.strip() for p in mode.split(";")]
+    head = parts[0].lower()
+    if head == "off" and len(parts) == 1:
+        return None
+    if head == "on":
+        if len(parts) == 1:
+            return ()
+        try:
+            kv = dict(p.split("=", 1) for p in parts[1:])
+            size = int(kv.pop("max_batch_size"))
+            delay = float(kv.pop("max_queue_delay_ms", 0))
+            if not kv and 1 < size <= 4096 and 0 <= delay <= 10_000:
+                return size, delay
+        except (KeyError, ValueError):
+            pass
+    raise ServingError(400, f"X-Modelport-Batching must be off, on, or on;max_batch_size=N[;max_queue_delay_ms=D] "
+                       f"(2 <= N <= 4096, 0 <= D <= 10000), got {mode[:100]!r}", "bad_batching")
+
+
 def qualified(project: str, name: str) -> str:
     """The cache's key for a deployment name of a project (the default project's names as they are;
     names cannot hold '/', so the two never collide)."""
@@ -107,7 +150,11 @@ def split_name(qname: str) -> tuple[str, str]:
 class ModelCache:
     def __init__(self, settings, db, store, metrics=None):
         self.settings, self.db, self.store, self.metrics = settings, db, store, metrics
-        self.executor = ThreadPoolExecutor(max_workers=settings.serving_threads or (os.cpu_count() or 2),
+        workers = max(1, getattr(settings, "serving_workers", 1))  # serving processes on this host share it
+        share = max(1, (os.cpu_count() or 2) // workers)
+        self.budget_bytes = settings.serving_memory_budget_mb * 1024 * 1024 // workers
+        self.default_threads = None if workers == 1 else share  # intra-op threads when a deployment sets none
+        self.executor = ThreadPoolExecutor(max_workers=settings.serving_threads or share,
                                            thread_name_prefix="modelport-infer")
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.lock = threading.Lock()
@@ -129,11 +176,16 @@ class ModelCache:
         now = time.monotonic()
         if hit and not fresh and now - hit[0] < self.FRESH_S:
             return hit[1]
+        return self._publish(name, now, self._fetch(name))
+
+    def _fetch(self, name: str) -> list[dict[str, Any]]:
         project, bare = split_name(name)
         with self.db.session() as s:
-            rows = [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
+            return [{"id": d.id, "version": d.version, "status": d.status, "artifact_id": d.artifact_id,
                      "runtime": d.runtime, "batching": d.batching, "reason": d.reason}
                     for d in repo.deployment_versions(s, bare, project)]
+
+    def _publish(self, name: str, now: float, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self._names[name] = (now, rows)
         ids = {r["id"] for r in rows}
         with self.lock:  # versions deleted through another replica: let go of their runners here too
@@ -191,11 +243,30 @@ class ModelCache:
 
     def _refresh(self, name: str) -> None:
         try:
-            self.versions(name, fresh=True)
+            now = time.monotonic()
+            rows = self._fetch(name)
+            self._warm(name, rows)
+            self._publish(name, now, rows)
         except Exception as e:  # keep serving what was last seen; the next request tries again
             log.warning("refreshing deployment %s from the catalog failed: %s", name, e)
         finally:
             self._refreshing.discard(name)
+
+    def _warm(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Load the version unversioned requests are about to move to, when this replica serves an
+        older one of that name (a version deployed through another replica), before they move."""
+        ready = next((r for r in rows if r["status"] == "ready"), None)
+        if ready is None or ready["id"] in self.loaded:
+            return
+        with self.lock:
+            serving = any(lm.name == name for lm in self.loaded.values())
+        if serving:
+            try:
+                self.load(ready["id"])
+                log.info("loaded %s v%s (deployed through another replica) before moving requests to it",
+                         name, ready["version"])
+            except Exception as e:  # requests will try (and report) the load themselves
+                log.warning("loading %s v%s ahead of its requests failed: %s", name, ready["version"], e)
 
     @staticmethod
     def _pick(name: str, rows: list[dict[str, Any]], version: str | int | None) -> dict[str, Any]:
@@ -284,8 +355,8 @@ class ModelCache:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         t = time.perf_counter()
-        runner = open_runner(fmt, folder, [p for p, _ in files], primary,
-                             precision=runtime.get("precision", "fp32"), threads=runtime.get("threads"))
+        runner = open_runner(fmt, folder, [p for p, _ in files], primary, precision=runtime.get("precision", "fp32"),
+                             threads=runtime.get("threads") or self.default_threads)
         load_ms = (time.perf_counter() - t) * 1000
         inputs, outputs = runner.inputs(), runner.outputs()
         batcher, note = None, "unbatched (no batching configured)"
@@ -305,24 +376,25 @@ class ModelCache:
             batcher, note = None, (f"runs inline on the event loop: a call takes {call_us:.0f} µs, less than "
                                    "handing it to a thread (MODELPORT_SERVING_INLINE_US)")
         lm = Loaded(deployment_id, name, version, fmt, runner, inputs, outputs, batcher, note, size, load_ms,
-                    inline=inline, inline_sizes=probed, call_us=call_us,
-                    out_bytes_per_row=out_bytes)
+                    inline=inline, inline_sizes=probed, call_us=call_us, batching=batching,
+                    dynamic_batch=_dynamic_batch(inputs), out_bytes_per_row=out_bytes)
         with self.lock:
             self.loaded[deployment_id] = lm
             self._evict()
         return lm
 
     def _evict(self) -> None:
-        budget = self.settings.serving_memory_budget_mb * 1024 * 1024
+        budget = self.budget_bytes
         while len(self.loaded) > 1 and sum(m.size_bytes for m in self.loaded.values()) > budget:
             _, victim = self.loaded.popitem(last=False)
             log.info("evicting %s v%s (LRU, memory budget)", victim.name, victim.version)
             self._close(victim)
 
     def _close(self, lm: Loaded) -> None:
-        if lm.batcher is not None:  # drain what it holds, then let go of the runner
+        if lm.batcher is not None or lm.alt is not None:  # drain what they hold, then let go of the runner
             async def drain() -> None:
-                await lm.batcher.close()
+                for b in _batchers(lm):
+                    await b.close()
                 lm.runner.close()
 
             with contextlib.suppress(RuntimeError):  # no running loop here: hand it to the app's loop
@@ -341,11 +413,50 @@ class ModelCache:
 
     # ------------------------------------------------------------------ inference
 
-    async def predict(self, lm: Loaded, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if lm.inline and all(a.size <= lm.inline_sizes.get(k, 0) for k, a in feeds.items()):
+    def batcher_for(self, lm: Loaded, mode: str | None):
+        """The batcher a request goes through (None: unbatched), given its ``X-Modelport-Batching``
+        header: absent = as deployed; ``off`` = no dynamic batching for this request (inline or
+        the thread pool, as an unbatched deployment); ``on`` = through a dynamic batcher: the
+        deployment's (also for a model fast enough to run inline), or, with
+        ``on;max_batch_size=N[;max_queue_delay_ms=D]``, one of those settings (one such batcher per
+        loaded version, replaced when other settings are asked for). The endpoint benchmark uses
+        it to measure a deployment with and without batching. On the event loop only."""
+        if mode is None:
+            return lm.batcher
+        want = _parse_batching(mode)
+        if want is None:
+            return None
+        if want == ():
+            if lm.batcher is not None:
+                return lm.batcher
+            mbs = int(lm.batching.get("max_batch_size") or 1)
+            if mbs <= 1:
+                raise ServingError(400, f"deployment '{split_name(lm.name)[1]}' has no dynamic batching configured: "
+                                   "send X-Modelport-Batching: on;max_batch_size=N", "bad_batching")
+            want = (mbs, float(lm.batching.get("max_queue_delay_ms") or 0))
+        if not lm.dynamic_batch:
+            raise ServingError(400, "this model has no dynamic batch dimension, so requests cannot be merged",
+                               "bad_batching")
+        if lm.alt is not None and lm.alt[0] == want:
+            return lm.alt[1]
+        from app.serving.batcher import Batcher
+
+        old = lm.alt
+        on_batch = self.metrics.batch_observer(lm.name, str(lm.version)) if self.metrics else None
+        lm.alt = (want, Batcher(lm.runner.run, max_batch_size=want[0], max_queue_delay_ms=want[1],
+                                executor=self.executor, on_batch=on_batch))
+        if old is not None:
+            asyncio.get_running_loop().create_task(old[1].close())
+        return lm.alt[1]
+
+    async def predict(self, lm: Loaded, feeds: dict[str, np.ndarray], batcher: Any = AS_DEPLOYED) -> dict[str, np.ndarray]:
+        """Run ``feeds``: as deployed, or through ``batcher`` (None: unbatched), as :meth:`batcher_for` chose."""
+        if batcher is AS_DEPLOYED:
+            batcher = lm.batcher
+        if batcher is None and lm.inline and all(a.size <= lm.inline_sizes.get(k, 0) for k, a in feeds.items()):
             return lm.runner.run(feeds)  # no bigger than what was measured to take < serving_inline_us
-        if lm.batcher is not None:
-            return await lm.batcher.submit(feeds)
+        if batcher is not None:
+            return await batcher.submit(feeds)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lm.runner.run, feeds)
 
@@ -354,7 +465,7 @@ class ModelCache:
             items = list(self.loaded.values())
             self.loaded.clear()
         for lm in items:
-            if lm.batcher is not None:
-                await lm.batcher.close()
+            for b in _batchers(lm):
+                await b.close()
             lm.runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -339,13 +339,18 @@ class ServerError(RuntimeError):
     pass
 
 
+MODELPORT_WORKERS = [1]  # `modelport serve --workers N` (set from --workers in main)
+
+
 def start_modelport(work: Path, paths: dict[str, Path], xs: dict[str, np.ndarray], notes: list[str]):
     port = free_port()
     env = {**os.environ, **THREAD_ENV, "MODELPORT_DATA_DIR": str(work / "modelport-data"),
            "MODELPORT_LOG_LEVEL": "warning"}
     env.pop("MODELPORT_BROKER_URL", None)
     log = work / "modelport.log"
-    proc = spawn([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env, log)
+    workers = MODELPORT_WORKERS[0]
+    proc = spawn([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)], env, log)
+    notes.append(f"modelport: `modelport serve --workers {workers}`")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(base + "/readyz", proc, 120, log)
@@ -384,6 +389,37 @@ def start_modelport(work: Path, paths: dict[str, Path], xs: dict[str, np.ndarray
         targets.append(Target("modelport", "v1 npy", name, "binary", url, npy_body(x), "application/x-npy",
                               parse="v1"))
     return proc, targets
+
+
+def endpoint_sweep(base: str, model: str, args) -> dict:
+    """modelport's own endpoint benchmark (POST /v1/deployments/{model}/benchmark) of a deployment,
+    with and without its dynamic batcher; the stored result."""
+    req = {"window_ms": args.sweep_window_ms, "max_concurrency": 64, "max_seconds": args.sweep_seconds}
+    st, b = http_json("POST", f"{base}/v1/deployments/{model}/benchmark", req)
+    if st != 202:
+        raise ServerError(f"endpoint benchmark of {model}: HTTP {st} {b}")
+    deadline = time.monotonic() + args.sweep_seconds + 180
+    while b.get("status") == "running" and time.monotonic() < deadline:
+        _, b = http_json("GET", f"{base}{b['links']['self']}?wait=60")
+    if b.get("status") != "succeeded":
+        raise ServerError(f"endpoint benchmark of {model}: {json.dumps(b)[:1500]}")
+    return b
+
+
+def sweep_table(b: dict) -> str:
+    lines = [f"endpoint sweep ({b['results']['protocol']}, {b['results']['rows']} row/request, "
+             f"{b['results']['serving_workers']} worker(s)): {b['name']} v{b['version']}",
+             f"{'mode':9s} {'conc':>5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'stable':>6s} "
+             f"answered by (pid: requests)"]
+    for mode, d in b["results"]["modes"].items():
+        for p in d["points"]:
+            lines.append(f"{mode:9s} {p['concurrency']:>5d} {fmt(p['p50_ms']):>8s} {fmt(p['p90_ms']):>8s} "
+                         f"{fmt(p['p99_ms']):>8s} {fmt(p['throughput_rps'], '.0f'):>8s} "
+                         f"{'yes' if p['stable'] else 'no':>6s} {p['answered_by']}")
+        best = d.get("best") or {}
+        lines.append(f"{mode:9s} best {fmt(best.get('throughput_rps'), '.0f')} req/s at concurrency "
+                     f"{best.get('concurrency')}; stopped: {d.get('stop_reason')}")
+    return "\n".join(lines)
 
 
 def peer_env(name: str, work: Path, paths: dict[str, Path]) -> dict:
@@ -565,7 +601,13 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, bodies)")
     ap.add_argument("--hold", metavar="SERVER", help=argparse.SUPPRESS)  # profiling aid: start, print URL, wait
     ap.add_argument("--out", help="JSON result path (default bench/results/serving-<time>.json)")
+    ap.add_argument("--workers", type=int, default=1, help="modelport serve --workers N (default 1)")
+    ap.add_argument("--endpoint-sweep", default="", metavar="MODELS",
+                    help="after modelport's wrk points, run its endpoint benchmark on these deployments (e.g. cnn)")
+    ap.add_argument("--sweep-seconds", type=float, default=240, help="the endpoint sweep's max_seconds")
+    ap.add_argument("--sweep-window-ms", type=float, default=1000, help="the endpoint sweep's window_ms")
     args = ap.parse_args()
+    MODELPORT_WORKERS[0] = args.workers
     args.duration = args.duration or (3.0 if args.quick else 8.0)
     args.warmup = args.warmup or (1.0 if args.quick else 2.0)
     servers = [s for s in args.servers.split(",") if s]
@@ -586,6 +628,7 @@ def main() -> int:
                         f"load: wrk -t1 -c1 (1 client) and -t2 -c16 (16 clients), {args.warmup:g} s warm-up at 16 "
                         f"clients then {args.duration:g} s per point; same fixed body every request"]
     skipped: dict[str, str] = {}
+    sweeps: dict[str, dict] = {}
     load0 = os.getloadavg()
     print(f"[bench] work dir {work}; load average {load0[0]:.2f}", flush=True)
     try:
@@ -637,6 +680,15 @@ def main() -> int:
                         rec["error"] = f"{type(e).__name__}: {e}"[:2000]
                         print(f"[bench]   ERROR {rec['error'][:500]}", flush=True)
                     results.append(rec)
+                if s == "modelport":
+                    for m in [m for m in args.endpoint_sweep.split(",") if m in model_names]:
+                        print(f"[bench] modelport endpoint sweep {m} ...", flush=True)
+                        try:
+                            sweeps[m] = endpoint_sweep(targets[0].url.split("/v2/")[0], m, args)
+                            print(sweep_table(sweeps[m]), flush=True)
+                        except Exception as e:  # noqa: BLE001
+                            sweeps[m] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                            print(f"[bench]   ERROR {sweeps[m]['error'][:500]}", flush=True)
             finally:
                 stop(proc)
         table, targets = report(results, model_names, args.rows)
@@ -655,10 +707,14 @@ def main() -> int:
             print(f"note: {n}")
         for s, why in skipped.items():
             print(f"SKIPPED {s}: {why[-600:]}")
+        for m, b in sweeps.items():
+            print(sweep_table(b) if "error" not in b else f"endpoint sweep {m}: ERROR {b['error'][:500]}")
         out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"args": vars(args), "onnxruntime": ort_v, "cpus": os.cpu_count(),
                                    "results": results, "targets": targets, "notes": notes, "skipped": skipped,
+                                   "endpoint_sweeps": sweeps, "load_average_start": load0,
+                                   "load_average_end": os.getloadavg(),
                                    "table": table, "seconds": time.time() - started}, indent=2, default=str))
         print(f"results: {out}")
         return 0
