@@ -26,6 +26,7 @@ FORMAT = FormatInfo(
     reader="onnx",
     code_on_load=False,
     runner="onnxruntime_runner",
+    other_runners=("onnxruntime_cuda_runner",),
     packages=("onnx",),
 )
 

@@ -16,6 +16,7 @@ FORMAT = FormatInfo(
     notes="torch.jit is deprecated in torch 2.13; torch.export (.pt2) is the graph format to prefer",
     code_on_load=True,
     runner="torchscript_runner",
+    other_runners=("torch_cuda_runner",),
     packages=("torch",),
 )
 
