@@ -256,7 +256,8 @@ def test_a_contradictory_declaration_is_refused(toy, monkeypatch):
     monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=True))
     assert format_problems() == ["toy: weights hold no architecture, so no runner can run them"]
     # a second runtime for the hardware the first already serves says nothing new: refused
-    monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, other_runners=("toyplug.runner",)))
+    monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=False,
+                                                           other_runners=("toyplug.runner",)))
     assert format_problems() == ["toy: other runner toyplug.runner needs a RUNTIME for hardware its other runners lack"]
     monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=False, runner="toyplug.edge",
                                                            other_runners=()))
