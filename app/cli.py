@@ -170,8 +170,8 @@ def _worker(settings, args) -> int:
 # Each client command is `_cmd_<name>(client, args) -> int`; _client_main maps every error to an exit code.
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_VALIDATION, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-CLIENT_COMMANDS = ("upload", "convert", "report-all", "jobs", "wait", "logs", "report", "download", "deploy",
-                   "predict", "gate")
+CLIENT_COMMANDS = ("upload", "convert", "rebuild", "report-all", "jobs", "wait", "logs", "report", "download",
+                   "deploy", "predict", "gate")
 
 
 class UsageError(Exception):
@@ -249,7 +249,19 @@ def _client_commands(sub) -> None:
     p.add_argument("--target", "-t", required=True, help="onnx, openvino, tflite, torchscript, safetensors, ...")
     p.add_argument("--options", type=_json_object, default=None, help='e.g. {"precision": "fp16"}')
     p.add_argument("--no-validate", action="store_true")
+    p.add_argument("--hardware", choices=("cpu", "intel", "gpu", "apple"), default=None,
+                   help="validate and benchmark there where a format has a runtime for it (gpu: CUDA)")
     conversion(p)
+
+    p = add("rebuild", "make an artifact again (same edge and options) on its edge's queue: a TensorRT engine "
+                       "for another GPU")
+    p.add_argument("artifact_id", metavar="ARTIFACT_ID")
+    p.add_argument("--no-validate", action="store_true")
+    p.add_argument("--no-benchmark", action="store_true")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 if it failed, 3 if the "
+                                                        "artifact's validation failed")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most (default: no limit)")
+    json_flag(p)
 
     p = add("report-all", "convert to every reachable target and precision variant, validate and benchmark all")
     p.add_argument("model_id", metavar="MODEL_ID")
@@ -382,7 +394,17 @@ def _cmd_upload(c, args) -> int:
 
 def _cmd_convert(c, args) -> int:
     job = c.convert(args.model_id, args.target, options=args.options, input_specs=args.input_specs,
-                    validate=not args.no_validate, benchmark=not args.no_benchmark, tolerance=args.tolerance)
+                    validate=not args.no_validate, benchmark=not args.no_benchmark, tolerance=args.tolerance,
+                    hardware=args.hardware)
+    return _one_job(c, job, args)
+
+
+def _cmd_rebuild(c, args) -> int:
+    return _one_job(c, c.rebuild(args.artifact_id, validate=not args.no_validate, benchmark=not args.no_benchmark),
+                    args)
+
+
+def _one_job(c, job, args) -> int:
     if not args.wait:
         if args.json:
             _print_json(job.data)
@@ -596,7 +618,7 @@ def _cmd_gate(c, args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"upload": _cmd_upload, "convert": _cmd_convert, "report-all": _cmd_report_all, "jobs": _cmd_jobs,
+_COMMANDS = {"upload": _cmd_upload, "convert": _cmd_convert, "rebuild": _cmd_rebuild, "report-all": _cmd_report_all, "jobs": _cmd_jobs,
              "wait": _cmd_wait, "logs": _cmd_logs, "report": _cmd_report, "download": _cmd_download,
              "deploy": _cmd_deploy, "predict": _cmd_predict, "gate": _cmd_gate}
 

@@ -352,15 +352,25 @@ class Client:
 
     def convert(self, model_id: str, target: str, options: dict[str, Any] | None = None,
                 input_specs: dict[str, Any] | None = None, validate: bool = True,
-                benchmark: bool | dict[str, Any] = True, tolerance: dict[str, Any] | None = None) -> Job:
-        """Request a conversion (validated and benchmarked by default): its job, not yet waited for."""
+                benchmark: bool | dict[str, Any] = True, tolerance: dict[str, Any] | None = None,
+                hardware: str | None = None) -> Job:
+        """Request a conversion (validated and benchmarked by default): its job, not yet waited for.
+        ``hardware`` ("gpu"): validate and benchmark on that hardware's runtime where a format has one."""
         body: dict[str, Any] = {"target": target, "options": options or {}, "validate": validate,
                                 "benchmark": benchmark}
+        if hardware is not None:
+            body["hardware"] = hardware
         if input_specs is not None:
             body["input_specs"] = input_specs
         if tolerance is not None:
             body["tolerance"] = tolerance
         return Job(self, self._json("POST", f"/v1/models/{model_id}/conversions", json=body))
+
+    def rebuild(self, artifact_id: str, validate: bool = True, benchmark: bool | dict[str, Any] = True) -> Job:
+        """Make an artifact again with the same edge and options on its edge's queue (a TensorRT engine for
+        the GPU of the gpu worker that takes it): its job."""
+        return Job(self, self._json("POST", f"/v1/artifacts/{artifact_id}/rebuild",
+                                    json={"validate": validate, "benchmark": benchmark}))
 
     def report_all(self, model_id: str, benchmark: bool | dict[str, Any] = True,
                    input_specs: dict[str, Any] | None = None, tolerance: dict[str, Any] | None = None) -> JobList:

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     queue_timeouts: dict[str, float] = Field(default_factory=dict, description='per-queue time limits, e.g. '
                                              '{"gpu": 3600}; others use convert_timeout_s')
     convert_memory_mb: int = Field(default=16384, gt=0)
+    queue_memory_mb: dict[str, int] = Field(
+        default_factory=lambda: {"gpu": 0}, description='per-queue address-space limits of the sandboxed child, e.g. '
+        '{"intel": 32768}; 0 = none. The gpu queue has none by default: CUDA reserves virtual address space far '
+        'beyond any useful RLIMIT_AS (its children fail to start a CUDA context under one), so bound a GPU '
+        "worker's memory with its container instead")
     max_attempts: int = Field(default=3, ge=1, le=20)
     step_stale_after_s: float = Field(default=60.0, gt=0, description="a running step without heartbeat this long "
                                       "is taken back from its (dead) worker")
@@ -144,6 +149,10 @@ class Settings(BaseSettings):
 
     def timeout_for(self, queue: str) -> float:
         return float(self.queue_timeouts.get(queue, self.convert_timeout_s))
+
+    def memory_for(self, queue: str) -> int:
+        """The sandbox's address-space limit (MiB) for a step on ``queue``; 0 = none."""
+        return int(self.queue_memory_mb.get(queue, self.convert_memory_mb))
 
     def toolchain_python(self, name: str) -> str | None:
         """The interpreter that runs edges of toolchain ``name`` on this host, or None."""

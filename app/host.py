@@ -118,23 +118,15 @@ def _cgroup_limits() -> dict[str, Any]:
     return out
 
 
-@lru_cache(maxsize=1)
-def _gpus() -> tuple[tuple[dict[str, Any], ...], str | None]:
-    """NVIDIA GPUs via nvidia-smi (cached for the process: the subprocess is the one slow part)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return (), None
-    try:
-        proc = subprocess.run(
-            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        return (), f"nvidia-smi failed: {e}"
-    if proc.returncode != 0:
-        return (), f"nvidia-smi exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}"
+_SMI_FIELDS = ("name", "memory.total", "driver_version")
+_SMI_MORE = ("compute_cap", "index", "uuid")  # drivers older than ~510 refuse compute_cap: asked for apart
+
+
+def parse_smi(text: str) -> list[dict[str, Any]]:
+    """GPUs from ``nvidia-smi --query-gpu=name,memory.total,driver_version[,compute_cap,index,uuid]
+    --format=csv,noheader,nounits`` output."""
     gpus = []
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if not parts or not parts[0]:
             continue
@@ -144,8 +136,67 @@ def _gpus() -> tuple[tuple[dict[str, Any], ...], str | None]:
                 gpu["memory_mib"] = int(float(parts[1]))
         if len(parts) > 2:
             gpu["driver"] = parts[2]
+        if len(parts) > 3 and parts[3] and parts[3] != "[N/A]":
+            gpu["compute_capability"] = parts[3]
+        if len(parts) > 4 and parts[4].isdigit():
+            gpu["index"] = int(parts[4])
+        if len(parts) > 5 and parts[5]:
+            gpu["uuid"] = parts[5]
         gpus.append(gpu)
-    return tuple(gpus), None
+    return gpus
+
+
+def _smi(smi: str, fields: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run([smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                          capture_output=True, text=True, timeout=10, check=False)
+
+
+@lru_cache(maxsize=1)
+def _gpus() -> tuple[tuple[dict[str, Any], ...], str | None]:
+    """NVIDIA GPUs via nvidia-smi (cached for the process: the subprocess is the one slow part):
+    name, memory, driver, and where the driver knows them compute capability, index and UUID."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return (), None
+    try:
+        proc = _smi(smi, _SMI_FIELDS + _SMI_MORE)
+        if proc.returncode != 0:  # an old driver that lacks compute_cap: the basic fields alone
+            proc = _smi(smi, _SMI_FIELDS)
+    except (OSError, subprocess.SubprocessError) as e:
+        return (), f"nvidia-smi failed: {e}"
+    if proc.returncode != 0:
+        return (), f"nvidia-smi exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}"
+    return tuple(parse_smi(proc.stdout)), None
+
+
+def visible_gpu(gpus: list[dict[str, Any]] | tuple[dict[str, Any], ...],
+                cuda_visible_devices: str | None) -> dict[str, Any] | None:
+    """The GPU a CUDA program here uses as device 0: the first entry of ``CUDA_VISIBLE_DEVICES``
+    (an index, or a ``GPU-…``/``MIG-…`` UUID or its prefix), else the first GPU nvidia-smi lists
+    (CUDA orders devices like nvidia-smi with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which the gpu image
+    sets). None when none is visible (``CUDA_VISIBLE_DEVICES=""`` or ``-1``)."""
+    if not gpus:
+        return None
+    if cuda_visible_devices is None:
+        return dict(gpus[0])
+    first = cuda_visible_devices.split(",")[0].strip()
+    if not first or first.startswith("-"):
+        return None
+    if first.isdigit():
+        k = int(first)
+        by_index = [g for g in gpus if g.get("index") == k]
+        if by_index:
+            return dict(by_index[0])
+        return dict(gpus[k]) if k < len(gpus) else None
+    found = [g for g in gpus if str(g.get("uuid", "")).startswith(first)]
+    return dict(found[0]) if found else None
+
+
+def cuda_device() -> dict[str, Any] | None:
+    """This host's CUDA device 0 as nvidia-smi describes it (name, compute capability, driver, …),
+    or None without one: what a TensorRT engine built here is recorded against and checked with."""
+    gpus, _ = _gpus()
+    return visible_gpu(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def _versions() -> dict[str, str]:

@@ -499,3 +499,19 @@ def test_importing_the_sdk_and_the_gate_stays_light():
             "print(','.join(m for m in ('torch', 'numpy', 'onnxruntime', 'tqdm', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------ GPU routing, rebuild
+# (last: they add jobs and artifacts to the shared model, which the tests above count)
+
+
+def test_rebuild_makes_the_artifact_again_and_convert_can_ask_for_gpu_checks(mp, uploaded, converted, server,
+                                                                              api_key):
+    out = mp.json("rebuild", converted["artifact_id"], "--no-benchmark", "--wait", "--timeout", WAIT)
+    assert out["status"] == "succeeded" and out["validation"] == "passed", out
+    assert out["plan"] == ["torch_export->onnx", "validate:onnx"] and out["artifact_id"] != converted["artifact_id"]
+    job = mp.json("convert", uploaded["id"], "--target", "onnx", "--hardware", "gpu", "--no-benchmark")
+    assert [(s["kind"], s["queue"]) for s in job["steps"]] == [("convert", "cpu"), ("validate", "gpu")]
+    r = httpx.post(f"{server.url}/v1/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {api_key}"},
+                   timeout=30)
+    assert r.status_code == 200, r.text

@@ -41,6 +41,14 @@ def format_problems() -> list[str]:
             out.append(f"{f.name}: runner module {f.runner} declares no RUNTIME")
         if f.runner is not None and not callable(getattr(runners.runner_module(f.name), "load", None)):
             out.append(f"{f.name}: runner module {f.runner} has no load()")
+        default = runners.runtime_of(f.name) if f.runner else None
+        hardware = [default.hardware] if isinstance(default, Runtime) else []
+        for entry in f.other_runners:  # another runtime of the format must be for other hardware (CUDA, …)
+            rt = getattr(runners._import(entry), "RUNTIME", None)
+            if not f.runner or not isinstance(rt, Runtime) or rt.hardware in hardware:
+                out.append(f"{f.name}: other runner {entry} needs a RUNTIME for hardware its other runners lack")
+            else:
+                hardware.append(rt.hardware)
         for mk in f.zip_markers:
             if not (isinstance(mk, str) or (isinstance(mk, tuple) and all(isinstance(x, str) for x in mk))):
                 out.append(f"{f.name}: zip marker {mk!r} is a name or a tuple of names")
@@ -247,6 +255,11 @@ def test_a_contradictory_declaration_is_refused(toy, monkeypatch):
     mod = importlib.import_module("toyplug.fmt")
     monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=True))
     assert format_problems() == ["toy: weights hold no architecture, so no runner can run them"]
-    monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=False, runner="toyplug.edge"))
+    # a second runtime for the hardware the first already serves says nothing new: refused
+    monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=False,
+                                                           other_runners=("toyplug.runner",)))
+    assert format_problems() == ["toy: other runner toyplug.runner needs a RUNTIME for hardware its other runners lack"]
+    monkeypatch.setattr(mod, "FORMAT", dataclasses.replace(mod.FORMAT, weights_only=False, runner="toyplug.edge",
+                                                           other_runners=()))
     assert format_problems() == ["toy: runner module toyplug.edge declares no RUNTIME",
                                  "toy: runner module toyplug.edge has no load()"]

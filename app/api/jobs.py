@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -37,6 +37,10 @@ class ConversionRequest(BaseModel):
     tolerance: dict[str, Any] | None = Field(
         default=None, description='overrides of the validation profile: {"atol": .., "rtol": .., '
         '"outputs": {"name": {...}}}')
+    hardware: Literal["cpu", "intel", "gpu", "apple"] | None = Field(
+        default=None, description="validate and benchmark each artifact on this hardware where its format has a "
+        "runtime for it (gpu: ONNX on ONNX Runtime's CUDA provider, .pt2/TorchScript on torch CUDA; TensorRT "
+        "engines are on gpu anyway); default: each format's own runtime")
     callback_url: str | None = Field(default=None, description="POSTed (signed) when the job ends")
     callback_secret: str | None = Field(default=None, description="16+ characters: the HMAC-SHA256 key of "
                                         "X-Modelport-Signature on the callback")
@@ -51,7 +55,7 @@ async def convert(model: ModelDep, body: ConversionRequest, request: Request, db
     job, created = await anyio.to_thread.run_sync(
         lambda: jobs.create_job(db, request.app.state.dispatcher, settings, model.id, body.target, body.options,
                                 body.input_specs, validate=body.validate_, benchmark=body.benchmark,
-                                tolerance=body.tolerance, callback=callback))
+                                tolerance=body.tolerance, callback=callback, hardware=body.hardware))
     return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
@@ -137,6 +141,8 @@ class BenchmarkRequest(BaseModel):
     threads: int | None = Field(default=None, ge=1, le=1024)
     max_seconds: float = Field(default=30, gt=0, le=3600)
     precision: str = Field(default="fp32", pattern="^(fp32|fp16|bf16|int8)$")
+    hardware: Literal["cpu", "intel", "gpu", "apple"] | None = Field(
+        default=None, description="measure on this hardware's runtime for the format (gpu: CUDA), where it has one")
 
 
 @router.post("/v1/artifacts/{artifact_id}/benchmarks", status_code=202)
@@ -145,6 +151,26 @@ async def run_benchmark(artifact_id: str, art: ArtifactDep, body: BenchmarkReque
     job, created = await anyio.to_thread.run_sync(
         lambda: jobs.create_benchmark_job(db, request.app.state.dispatcher, settings, artifact_id,
                                           body.model_dump()))
+    return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+class RebuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    validate_: bool = Field(default=True, alias="validate")
+    benchmark: bool | dict[str, Any] = True
+
+
+@router.post("/v1/artifacts/{artifact_id}/rebuild", status_code=202,
+             responses={200: {"description": "a rebuild of this artifact is already under way: its job"}})
+async def rebuild_artifact(artifact_id: str, art: ArtifactDep, request: Request, db: DatabaseDep,
+                           settings: SettingsDep, body: RebuildRequest | None = None):
+    """The same conversion again (edge, options, input), on its edge's queue: a TensorRT engine for
+    the GPU of the gpu worker that takes it."""
+    body = body or RebuildRequest()
+    job, created = await anyio.to_thread.run_sync(
+        lambda: jobs.create_rebuild_job(db, request.app.state.dispatcher, settings, artifact_id,
+                                        validate=body.validate_, benchmark=body.benchmark))
     return JSONResponse(job_out(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
 
 

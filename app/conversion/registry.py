@@ -86,6 +86,58 @@ class OnnxToOnnxOptions(CalibratedOptions):
                                              "a failed fp16 validation named as the first to diverge")
 
 
+class ShapeRange(EdgeOptions):
+    min: list[int] = Field(min_length=0, max_length=8)
+    opt: list[int] = Field(min_length=0, max_length=8)
+    max: list[int] = Field(min_length=0, max_length=8)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError("min, opt and max must have the same rank")
+        if any(not (1 <= a <= b <= c) for a, b, c in zip(self.min, self.opt, self.max, strict=True)):
+            raise ValueError("each dim needs 1 <= min <= opt <= max")
+        return self
+
+
+class ToTensorRTOptions(EdgeOptions):
+    precision: Precision = Field(
+        default="fp32", description="fp32 (TF32 off unless tf32=true); fp16: fp16 kernels allowed (BuilderFlag.FP16; "
+        "on TensorRT 11, which dropped the flag, the ONNX is made float16 first and built strongly typed); int8: "
+        "explicit quantization: the ONNX is quantized to symmetric INT8 Q/DQ (onnxruntime quantize_static) calibrated "
+        "as `calibration` says and built strongly typed; an ONNX that already has Q/DQ nodes is built as it is")
+    calibration: Literal["none", "samples", "synthetic"] = Field(
+        default="none", description="int8: samples = calibrated on the model's uploaded samples; synthetic = on "
+        "generated inputs the model runs on (a warning says accuracy may suffer); none = the ONNX must already be "
+        "quantized (Q/DQ nodes)")
+    per_channel: bool = Field(default=False, description="int8: per-channel weight scales")
+    min_batch: int = Field(default=1, ge=1, le=4096, description="optimisation profile of a dynamic batch (dim 0)")
+    opt_batch: int = Field(default=1, ge=1, le=4096, description="the batch TensorRT tunes its kernels for")
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    shapes: dict[str, ShapeRange] = Field(
+        default_factory=dict, max_length=64, description='explicit profile per input, like trtexec --minShapes/'
+        '--optShapes/--maxShapes: {"x": {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 640, 640]}}; '
+        "other dynamic dims get opt = the size the model was found to run on, min = opt/2, max = 2 x opt")
+    workspace_mib: int | None = Field(default=None, ge=16, le=1 << 20, description="builder workspace limit "
+                                      "(default: TensorRT's, the GPU's memory)")
+    builder_optimization_level: int = Field(default=3, ge=0, le=5, description="0-5; TensorRT's default is 3")
+    tf32: bool = Field(default=False, description="fp32: let TensorRT use TF32 (faster on Ampere+, ~1e-3 relative "
+                       "error, which fails an fp32 validation)")
+    hardware_compatibility: Literal["none", "ampere_plus"] = Field(
+        default="none", description="ampere_plus: an engine that runs on any Ampere or later GPU (slower); none: "
+        "only on the GPU model that built it")
+    timing_cache: bool = Field(default=True, description="reuse and extend this host's timing cache "
+                               "(MODELPORT_TENSORRT_CACHE_DIR) so rebuilds skip kernel timing")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.calibration != "none" and self.precision != "int8":
+            raise ValueError(f"calibration={self.calibration} applies to precision=int8 only")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("min_batch <= opt_batch <= max_batch is needed")
+        return self
+
+
 EDGES: tuple[Edge, ...] = (
     Edge("torch_export", "onnx", "cpu", "main", ToOnnxOptions, "app.conversion.edges.torch_onnx:export_program",
          "fp32", requires=("torch", "onnx", "onnxscript"),
@@ -134,6 +186,11 @@ EDGES: tuple[Edge, ...] = (
     Edge("tflite", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_tflite",
          "fp32", requires=("tf2onnx", "tensorflow"),
          description="tf2onnx's TFLite frontend"),
+    Edge("onnx", "tensorrt", "gpu", "main", ToTensorRTOptions, "app.conversion.edges.tensorrt:from_onnx",
+         "fp32", report_variants=("fp16",), requires=("tensorrt", "onnx", "onnxruntime"),
+         description="TensorRT ONNX parser + builder on the GPU that will run it: optimisation profile from the dynamic "
+                     "dims, fp16, INT8 by explicit Q/DQ quantization, timing cache; the engine records its GPU, compute "
+                     "capability and TensorRT version (model.engine.json)"),
     Edge("onnx", "onnx", "cpu", "main", OnnxToOnnxOptions, "app.conversion.edges.onnx_opt:transform",
          "fp32", report_variants=("fp16", "int8"), requires=("onnx", "onnxruntime"), variant="transform",
          description="graph optimisation, fp16 or dynamic INT8 quantisation with onnxruntime's tools"),

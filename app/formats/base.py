@@ -56,6 +56,9 @@ class FormatInfo:
     multi_file: bool = False  # may need several files (OpenVINO .xml + .bin, ONNX + external data)
     reader: str | None = None  # python module whose presence enables full inspection
     runner: str | None = None  # module under app.runners (or a dotted path) that runs it; it declares RUNTIME
+    # runner modules of the same format on other hardware (e.g. CUDA): validations and benchmarks asked
+    # to run on that hardware use them; ``runner`` stays the default
+    other_runners: tuple[str, ...] = ()
     weights_only: bool = False  # tensors without an architecture: compared tensor for tensor, measured on load
     # zip members that make a .zip upload this format, not an archive of files: a name anywhere in
     # the zip, or a tuple of top-level names that must all be there

@@ -27,6 +27,7 @@ FORMAT = FormatInfo(
     reader="onnx",
     code_on_load=False,
     runner="onnxruntime_runner",
+    other_runners=("onnxruntime_cuda_runner",),
     packages=("onnx",),
     triton=TritonModel(backend="onnxruntime", platform="onnxruntime_onnx", filename="model.onnx",
                        layout="file_or_directory", directory_primary="model.onnx",

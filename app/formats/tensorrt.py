@@ -19,6 +19,11 @@ NVIDIA does not document the plan layout. What this module relies on, and how su
 
 Inputs and outputs are only knowable by deserializing the engine with the TensorRT runtime on a
 GPU; when the ``tensorrt`` module is importable that is tried (this path is untested here).
+
+An engine modelport built carries a record beside it, ``<engine>.json`` (kind
+:data:`RECORD_KIND`): the GPU name and compute capability and the TensorRT version it was built
+with, its precision, flags and optimisation profile. Inspection reports it under
+``details["engine_record"]``; the runner checks a host against it.
 """
 
 from __future__ import annotations
@@ -73,6 +78,30 @@ _TRT_DTYPES = {
     "INT4": "int4",
     "FP4": "float4_e2m1fn",
 }
+
+
+RECORD_KIND = "modelport.tensorrt-engine/1"
+RECORD_MAX_BYTES = 1 << 20
+
+
+def record_name(primary: str) -> str:
+    """Where an engine's build record lives: ``model.engine`` -> ``model.engine.json``."""
+    return primary + ".json"
+
+
+def read_record(root, paths: list[str], primary: str) -> dict[str, Any] | None:
+    """The build record beside ``primary`` in the file set, when there is a well-formed one."""
+    from pathlib import Path
+
+    rel = record_name(primary)
+    path = Path(root) / rel
+    if rel not in paths or not path.is_file() or path.stat().st_size > RECORD_MAX_BYTES:
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("kind") == RECORD_KIND else None
 
 
 def _plan_offset(files: ModelFiles, rel: str) -> tuple[int, dict[str, Any] | None] | None:
@@ -196,8 +225,14 @@ def inspect(files: ModelFiles, det: Detection) -> Inspection:
     if det.extra.get("wrapper_metadata") is not None:
         insp.details["wrapper"] = "ultralytics"
         insp.details["metadata"] = det.extra["wrapper_metadata"]
+    record = read_record(files.root, files.paths, rel)
+    if record is not None:
+        insp.details["engine_record"] = record
+        insp.details["built_for"] = {**record.get("gpu", {}), "tensorrt": record.get("tensorrt_version")}
     if header.get("tensorrt_version"):
         insp.versions["tensorrt_built_with"] = header["tensorrt_version"]
+    elif record is not None and record.get("tensorrt_version"):
+        insp.versions["tensorrt_built_with"] = str(record["tensorrt_version"])
     insp.versions["serialization_version"] = header["serialization_version"]
 
     if importlib.util.find_spec("tensorrt") is None:

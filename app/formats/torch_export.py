@@ -18,6 +18,7 @@ FORMAT = FormatInfo(
     extensions=(".pt2",),
     code_on_load=False,
     runner="torch_export_runner",
+    other_runners=("torch_cuda_runner",),
     zip_markers=("archive_format",),
     packages=("torch", "onnxscript"),
 )

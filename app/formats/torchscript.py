@@ -24,6 +24,7 @@ FORMAT = FormatInfo(
     notes="torch.jit is deprecated in torch 2.13; torch.export (.pt2) is the graph format to prefer",
     code_on_load=True,
     runner="torchscript_runner",
+    other_runners=("torch_cuda_runner",),
     packages=("torch",),
     triton=TritonModel(backend="pytorch", platform="pytorch_libtorch", filename="model.pt", output_names="indexed",
                        threads_parameter="INTRA_OP_THREAD_COUNT", kserve_format=("pytorch", "1"),

@@ -98,10 +98,11 @@ def validate_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Result
 
         with np.load(options["samples"], allow_pickle=False) as z:
             samples = {k: z[k] for k in z.files}
+    hardware = options.get("hardware")  # e.g. gpu: the artifact on its CUDA runtime, the reference as usual
     try:
-        candidate = open_runner(src.format, src.root, src.paths, src.primary, precision="fp32")
+        candidate = open_runner(src.format, src.root, src.paths, src.primary, precision="fp32", hardware=hardware)
     except RunnerUnavailable as e:
-        hw = queue_for(src.format)
+        hw = queue_for(src.format, hardware)
         return _report(validation.skipped(
             f"{e}: waiting for a worker on the '{hw}' queue that can run {src.format}", profile=profile))
     try:
@@ -221,8 +222,10 @@ def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Resul
     if weights_only(src.format):
         return _report(_load_only(src))
 
+    hardware = options.get("hardware")
+
     def load():
-        r = open_runner(src.format, src.root, src.paths, src.primary,
+        r = open_runner(src.format, src.root, src.paths, src.primary, hardware=hardware,
                         precision=options.get("precision", "fp32"), threads=options.get("threads"))
         specs = r.inputs()
         if any(not sp.dtype or sp.shape is None for sp in specs):
@@ -234,7 +237,7 @@ def benchmark_step(src: Source, out_dir: Path, options: dict[str, Any]) -> Resul
     try:
         probe = load()
     except RunnerUnavailable as e:
-        hw = queue_for(src.format)
+        hw = queue_for(src.format, hardware)
         return _report({"status": "skipped", "reason": f"{e}: waiting for a worker on the "
                                                   f"'{hw}' queue that can run {src.format}", "batches": {}})
     try:  # measured on inputs it runs on (the sizes validation found, found again on the artifact)

@@ -20,8 +20,13 @@ def _runtime(f, hw: dict) -> dict:
     rt = runners.runtime_of(f.name)
     if rt is None:
         return {"runtime": None, "queue": runners.queue_for(f.name), "run_here": False}
+    def here(r) -> bool:
+        return r.toolchain == "main" and r.hardware in hw and _available(r.module)
+
     return {"runtime": rt.name, "runtime_module": rt.module, "hardware": rt.hardware, "toolchain": rt.toolchain,
-            "queue": rt.queue, "run_here": rt.toolchain == "main" and rt.hardware in hw and _available(rt.module)}
+            "queue": rt.queue, "run_here": here(rt),
+            "runtimes": [{"runtime": r.name, "hardware": r.hardware, "queue": r.queue, "run_here": here(r)}
+                         for r in runners.runtimes_of(f.name)]}
 
 
 def describe(live: set[str] | None = None) -> dict:

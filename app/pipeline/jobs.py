@@ -102,26 +102,34 @@ def check_source(fmt: str, inspection: dict[str, Any], target: str) -> None:
 
 
 def pipeline_steps(plan: planner.Plan, *, validate: bool, benchmark: dict[str, Any] | None,
-                   tolerance: dict[str, Any] | None, try_fixes: bool = False) -> list[tuple[str, str, str, dict[str, Any]]]:
+                   tolerance: dict[str, Any] | None, try_fixes: bool = False, hardware: str | None = None,
+                   via: tuple[str, ...] = ()) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(kind, name, queue, options) for every step: each conversion, then the validation and the
-    benchmark of its artifact, on the queue of the hardware its runtime needs."""
+    benchmark of its artifact, on the queue of the hardware its runtime needs. ``hardware`` (e.g.
+    ``gpu``) moves the checks of every artifact whose format has a runtime for it there (ONNX on
+    ONNX Runtime's CUDA provider, torch programs on torch CUDA); ``via``: formats made before the
+    plan's first edge (a rebuild starts from an artifact, not from the upload)."""
     from app import runners
 
     steps = []
     for i, (e, o) in enumerate(zip(plan.edges, plan.options, strict=True)):
         steps.append(("convert", e.name, e.queue, o))
+        on = hardware if runners.on_hardware(e.target, hardware) is not None else None
+        where = {"hardware": on} if on else {}
         if validate:
             # on a host that runs both the artifact and its reference (see _gather: the upload itself when it
             # can run, else the artifact before it); a TensorFlow model runs only under the TF toolchain
-            made = [plan.source] + [x.target for x in plan.edges[:i]]
+            made = [plan.source, *via] + [x.target for x in plan.edges[:i]]
             ref = made[reference_index(made, e.target)]
-            queue, _ = runners.check_placement(e.target, ref)
+            queue, _ = runners.check_placement(e.target, ref, on)
             steps.append(("validate", f"validate:{e.target}", queue,
                           {"profile": registry.tolerance(e, o), "overrides": tolerance,
                            "weights_key": o.get("weights_key"),
+                           **({"hardware": on} if on and queue == runners.queue_for(e.target, on) else {}),
                            **({"try_fixes": True} if try_fixes and i == len(plan.edges) - 1 else {})}))
         if benchmark is not None:
-            steps.append(("benchmark", f"benchmark:{e.target}", runners.queue_for(e.target), benchmark))
+            steps.append(("benchmark", f"benchmark:{e.target}", runners.queue_for(e.target, on),
+                          {**benchmark, **where}))
     return steps
 
 
@@ -150,7 +158,7 @@ def check_benchmark(value: bool | dict[str, Any] | None) -> dict[str, Any] | Non
     value = {} if value in (None, True) else value
     if not isinstance(value, dict):
         raise Unprocessable("benchmark must be true, false or an object", code="invalid_benchmark")
-    allowed = {"batch_sizes", "threads", "max_seconds", "precision"}
+    allowed = {"batch_sizes", "threads", "max_seconds", "precision", "hardware"}
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise Unprocessable(f"unknown benchmark setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
@@ -169,7 +177,23 @@ def check_benchmark(value: bool | dict[str, Any] | None) -> dict[str, Any] | Non
     precision = value.get("precision", "fp32")
     if precision not in ("fp32", "fp16", "bf16", "int8"):
         raise Unprocessable("benchmark.precision must be fp32, fp16, bf16 or int8", code="invalid_benchmark")
-    return {"batch_sizes": sorted(set(sizes)), "threads": threads, "max_seconds": max_s, "precision": precision}
+    out = {"batch_sizes": sorted(set(sizes)), "threads": threads, "max_seconds": max_s, "precision": precision}
+    hardware = value.get("hardware")
+    if hardware is not None:
+        out["hardware"] = check_hardware(hardware)
+    return out
+
+
+def check_hardware(value: Any) -> str | None:
+    """Where validations and benchmarks are asked to run: a hardware queue name, or None."""
+    from app.runners.base import HARDWARE_NEEDS
+
+    if value is None:
+        return None
+    if value not in HARDWARE_NEEDS:
+        raise Unprocessable(f"hardware must be one of {', '.join(HARDWARE_NEEDS)}, not {value!r}",
+                            code="invalid_hardware")
+    return value
 
 
 def check_tolerance(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -188,14 +212,16 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
                options: dict[str, Any] | None, input_specs: dict[str, Any] | None, *, validate: bool = True,
                benchmark: bool | dict[str, Any] | None = True,
                tolerance: dict[str, Any] | None = None, try_fixes: bool = False,
-               callback: dict[str, str] | None = None) -> tuple[Job, bool]:
+               callback: dict[str, str] | None = None, hardware: str | None = None) -> tuple[Job, bool]:
     """A conversion job (validated and benchmarked unless told otherwise): (the job, whether it is
     new; the same request while it is still active gives that job). ``try_fixes``: when the final
-    artifact's validation fails with a suggested fix (an fp16 mixed-precision variant), request it."""
+    artifact's validation fails with a suggested fix (an fp16 mixed-precision variant), request it.
+    ``hardware``: validate and benchmark on that hardware where a format has a runtime for it."""
     if options is not None and not isinstance(options, dict):
         raise Unprocessable("options must be an object", code="invalid_options")
     bench = check_benchmark(benchmark)
     tolerance = check_tolerance(tolerance)
+    hardware = check_hardware(hardware)
     with db.session() as s:
         model = repo.get_model(s, model_id)
         live = live_queues(s, settings)
@@ -206,7 +232,8 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
                                 f"/v1/models/{model_id}/samples, an .npz), or use calibration=synthetic",
                                 code="missing_samples")
         specs = check_input_specs(plan, model.inspection, input_specs)
-        steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes)
+        steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes,
+                               hardware=hardware)
         key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
         existing = repo.job_by_active_key(s, key)
         if existing is not None:
@@ -256,7 +283,7 @@ def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
         if existing is not None:  # a finished measurement: measuring again is the point
             existing.active_key = None
             s.flush()
-        queue = runners.queue_for(art.format)
+        queue = runners.queue_for(art.format, bench.get("hardware"))
         status = "queued" if queue in live_queues(s, settings) else "waiting_for_hardware"
         job = Job(model_id=art.model_id, target=art.format, options={}, input_specs=None, request_key=key,
                   active_key=key, status=status, plan=[f"benchmark:{art.format}"])
@@ -267,6 +294,56 @@ def create_benchmark_job(db, dispatcher: Dispatcher, settings, artifact_id: str,
         first = job.steps[0]
         dispatch.record(s, first.id, first.queue)
     dispatch.send(db, dispatcher, first.id, first.queue)
+    with db.session() as s:
+        return repo.get_job(s, job.id), True
+
+
+def create_rebuild_job(db, dispatcher: Dispatcher, settings, artifact_id: str, *, validate: bool = True,
+                       benchmark: bool | dict[str, Any] | None = True) -> tuple[Job, bool]:
+    """Make an artifact again on a host of its edge's queue: the same edge, with the same options,
+    from the same input (the artifact it was made from, or the upload), validated and benchmarked
+    like a conversion. For engines bound to the host that built them (TensorRT): rebuild one for
+    the GPU a worker of the ``gpu`` queue has. Returns (the job, whether it is new)."""
+    bench = check_benchmark(benchmark)
+    with db.session() as s:
+        art = repo.get_artifact(s, artifact_id)
+        try:
+            edge = registry.by_name(art.edge)
+        except KeyError:
+            raise Unprocessable(f"the artifact was made by edge '{art.edge}', which this modelport no longer has",
+                                code="unknown_edge", detail={"edge": art.edge}) from None
+        model = repo.get_model(s, art.model_id)
+        parent = repo.get_artifact(s, art.parent_artifact_id) if art.parent_artifact_id else None
+        if art.parent_artifact_id and parent is None:
+            raise Unprocessable(f"the artifact it was made from ({art.parent_artifact_id}) is gone", code="no_input")
+        options = {k: v for k, v in (art.options or {}).items() if k != "samples"}
+        if options.get("calibration") == "samples" and not model.samples_sha256:
+            raise Unprocessable("calibration=samples needs the model's sample inputs, which are gone: upload them "
+                                f"again (PUT /v1/models/{model.id}/samples)", code="missing_samples")
+        plan = planner.Plan(model.format, art.format, [edge], [options])
+        steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=None,
+                               via=(parent.format,) if parent is not None else ())
+        key = hashlib.sha256(_canonical(["rebuild", artifact_id, steps]).encode()).hexdigest()
+        existing = repo.job_by_active_key(s, key)
+        if existing is not None and existing.status not in repo.TERMINAL:
+            return existing, False
+        if existing is not None:  # a finished rebuild: building again (on another host) is the point
+            existing.active_key = None
+            s.flush()
+        live = live_queues(s, settings)
+        first_status = "queued" if steps[0][2] in live else "waiting_for_hardware"
+        job = Job(model_id=model.id, target=art.format, options=options, input_specs=None, request_key=key,
+                  active_key=key, status=first_status, plan=[name for _, name, _, _ in steps])
+        job.steps = [
+            JobStep(index=i, kind=kind, edge=name, queue=queue, options=o,
+                    input_artifact_id=parent.id if i == 0 and parent is not None else None,
+                    status=first_status if i == 0 else "pending", max_attempts=settings.max_attempts, log="")
+            for i, (kind, name, queue, o) in enumerate(steps)
+        ]
+        if not repo.add_job(s, job):
+            return repo.job_by_active_key(s, key), False
+        first = job.steps[0]
+    dispatcher.enqueue(first.id, first.queue)
     with db.session() as s:
         return repo.get_job(s, job.id), True
 
@@ -380,8 +457,15 @@ def _gather(s, job: Job, step: JobStep) -> StepInputs:
     """What a step works on: its input files (and, for validation, the reference's)."""
     model = repo.get_model(s, job.model_id)
     converts = [x for x in job.steps if x.kind == "convert" and x.index < step.index]
+    start = [repo.get_artifact(s, converts[0].input_artifact_id)] if converts and converts[0].input_artifact_id \
+        else []  # a rebuild starts from the artifact the rebuilt one was made from
     if step.kind == "convert":
-        src = repo.get_artifact(s, converts[-1].output_artifact_id) if converts else model
+        if converts:
+            src = repo.get_artifact(s, converts[-1].output_artifact_id)
+        elif step.input_artifact_id:
+            src = repo.get_artifact(s, step.input_artifact_id)
+        else:
+            src = model
         out = StepInputs(FileSet.of(src), parent=None if src is model else src.id)
         if (step.options or {}).get("calibration") == "samples":  # static INT8 calibrated on them
             out.samples = model.samples_sha256
@@ -395,7 +479,7 @@ def _gather(s, job: Job, step: JobStep) -> StepInputs:
     art = repo.get_artifact(s, made.output_artifact_id)
     out = StepInputs(FileSet.of(art), parent=art.id, artifact_id=art.id, io_hints=hints)
     if step.kind == "validate":
-        earlier = [repo.get_artifact(s, x.output_artifact_id) for x in converts if x.index < made.index]
+        earlier = start + [repo.get_artifact(s, x.output_artifact_id) for x in converts if x.index < made.index]
         k = reference_index([model.format, *(a.format for a in earlier)], art.format)
         if k == 0:  # the uploaded model itself, when it can run
             out.reference, out.reference_id = FileSet.of(model), f"model:{model.id}"
@@ -545,7 +629,7 @@ def _execute(db, store, settings, dispatcher: Dispatcher, ctx: StepContext, beat
                 options["samples"] = str(workdir / "samples.npz")
         # the step's own queue decides its time limit (a validation on gpu gets the gpu limit)
         limits = {"python": python, "timeout_s": settings.timeout_for(ctx.queue),
-                  "memory_mb": settings.convert_memory_mb, "log_path": log_path, "poll": beat.halt.is_set,
+                  "memory_mb": settings.memory_for(ctx.queue), "log_path": log_path, "poll": beat.halt.is_set,
                   "poll_every_s": min(settings.heartbeat_s, 1.0)}
         if ctx.kind == "convert":
             result = sandbox.run_edge(ctx.edge, src, workdir / "out", options, **limits)

@@ -26,15 +26,31 @@ def _import(entry: str) -> ModuleType:
     return importlib.import_module(entry if "." in entry else f"app.runners.{entry}")
 
 
-def runner_module(fmt: str) -> ModuleType | None:
+def runner_module(fmt: str, hardware: str | None = None) -> ModuleType | None:
+    """The runner module of ``fmt``: its default one, or with ``hardware`` the one (default or
+    another the format declares) whose runtime needs that hardware, falling back to the default."""
     info = formats.find(fmt)
-    return _import(info.runner) if info is not None and info.runner else None
+    if info is None or not info.runner:
+        return None
+    if hardware is not None:
+        for entry in info.other_runners:
+            m = _import(entry)
+            if m.RUNTIME.hardware == hardware:
+                return m
+    return _import(info.runner)
 
 
-def runtime_of(fmt: str) -> Runtime | None:
-    """The runtime that runs ``fmt``, or None (weights only, refused, unknown)."""
-    m = runner_module(fmt)
+def runtime_of(fmt: str, hardware: str | None = None) -> Runtime | None:
+    """The runtime that runs ``fmt`` (on ``hardware`` where the format declares one for it), or
+    None (weights only, refused, unknown)."""
+    m = runner_module(fmt, hardware)
     return getattr(m, "RUNTIME", None) if m is not None else None
+
+
+def on_hardware(fmt: str, hardware: str | None) -> Runtime | None:
+    """The runtime of ``fmt`` that needs exactly ``hardware``, or None (none declared for it)."""
+    rt = runtime_of(fmt, hardware) if hardware else None
+    return rt if rt is not None and rt.hardware == hardware else None
 
 
 def runnable(fmt: str) -> bool:
@@ -47,9 +63,10 @@ def weights_only(fmt: str) -> bool:
     return bool(info and info.weights_only)
 
 
-def queue_for(fmt: str) -> str:
-    """The queue on which an artifact of ``fmt`` is validated and benchmarked."""
-    rt = runtime_of(fmt)
+def queue_for(fmt: str, hardware: str | None = None) -> str:
+    """The queue on which an artifact of ``fmt`` is validated and benchmarked (on ``hardware``
+    where the format has a runtime for it)."""
+    rt = runtime_of(fmt, hardware)
     return rt.queue if rt is not None else DEFAULT_QUEUE
 
 
@@ -58,15 +75,16 @@ def toolchain_for(fmt: str) -> str:
     return rt.toolchain if rt is not None else "main"
 
 
-def check_placement(candidate: str, reference: str | None = None) -> tuple[str, str]:
+def check_placement(candidate: str, reference: str | None = None, hardware: str | None = None) -> tuple[str, str]:
     """(queue, toolchain) of a step that runs ``candidate`` (and, to validate it, ``reference``):
     a runtime outside the main toolchain decides, because only its interpreter has it (a TensorFlow
     upload is the reference of its TFLite artifact: both run under the TF toolchain, whose LiteRT
-    runs TFLite too); otherwise the candidate's hardware does."""
+    runs TFLite too); otherwise the candidate's hardware does (``hardware``, where the candidate's
+    format has a runtime for it: ONNX on ``gpu`` runs on ONNX Runtime's CUDA provider)."""
     for fmt in (reference, candidate):
         if fmt is not None and toolchain_for(fmt) != "main":
             return queue_for(fmt), toolchain_for(fmt)
-    return queue_for(candidate), "main"
+    return queue_for(candidate, hardware), "main"
 
 
 def together(candidate: str, reference: str) -> bool:
@@ -80,23 +98,32 @@ def together(candidate: str, reference: str) -> bool:
 
 
 def runtimes() -> dict[str, Runtime]:
-    """Every declared runtime, by runner module."""
+    """Every declared runtime, by runner module (each format's default and its other runners)."""
     out = {}
     for f in formats.all_formats():
-        if f.runner:
-            out[f.runner] = _import(f.runner).RUNTIME
+        for entry in (f.runner, *f.other_runners) if f.runner else ():
+            out[entry] = _import(entry).RUNTIME
     return out
 
 
+def runtimes_of(fmt: str) -> list[Runtime]:
+    """Every runtime that runs ``fmt``: the default first, then those for other hardware."""
+    info = formats.find(fmt)
+    if info is None or not info.runner:
+        return []
+    return [_import(e).RUNTIME for e in (info.runner, *info.other_runners)]
+
+
 def open_runner(fmt: str, root: Path, paths: list[str], primary: str, *, precision: str = "fp32",
-                threads: int | None = None, **kw) -> Runner:
+                threads: int | None = None, hardware: str | None = None, **kw) -> Runner:
+    """Load ``fmt``'s file set with its runner (the one for ``hardware`` where the format declares one)."""
     if weights_only(fmt):
         raise RunnerUnavailable(f"{fmt} holds weights only: running it needs the model's architecture (code)")
-    module = runner_module(fmt)
+    module = runner_module(fmt, hardware)
     if module is None:
         raise RunnerUnavailable(f"no runner for format '{fmt}'")
     return module.load(root, paths, primary, precision=precision, threads=threads, fmt=fmt, **kw)
 
 
-__all__ = ["HARDWARE_NEEDS", "Runner", "RunnerUnavailable", "Runtime", "check_placement", "open_runner", "together",
-           "queue_for", "runnable", "runner_module", "runtime_of", "runtimes", "toolchain_for", "weights_only"]
+__all__ = ["HARDWARE_NEEDS", "Runner", "RunnerUnavailable", "Runtime", "check_placement", "on_hardware", "open_runner", "together",
+           "queue_for", "runnable", "runner_module", "runtime_of", "runtimes", "runtimes_of", "toolchain_for", "weights_only"]

@@ -47,14 +47,23 @@ def _spec(torch, name: str, val) -> IOSpec:
 
 
 class TorchExportRunner(Runner):
-    def __init__(self, path: Path, precision: str, threads: int | None):
+    def __init__(self, path: Path, precision: str, threads: int | None, device: str = "cpu"):
         torch = import_torch()
         from torch.utils import _pytree
 
         self._torch, self._pytree = torch, _pytree
+        self._device = None if device == "cpu" else device  # feeds are moved there (torch_cuda_runner)
         self._threads = threads or default_threads()
         pin_threads(torch, self._threads)
         ep = torch.export.load(str(path))
+        move_module = False
+        if self._device is not None:  # weights, constants and device arguments baked into the graph
+            try:
+                from torch.export.passes import move_to_device_pass
+            except ImportError:  # torch < 2.6: the module's parameters and buffers, after module()
+                move_module = True
+            else:
+                ep = move_to_device_pass(ep, self._device)
         sig = ep.graph_signature
         nodes = {n.name: n for n in ep.graph.nodes}
         vals = {n: nodes[n].meta.get("val") if n in nodes else None for n in sig.user_inputs}
@@ -65,7 +74,7 @@ class TorchExportRunner(Runner):
         self._out_names = [n if isinstance(n, str) else None for n in sig.user_outputs]
         self._outputs = [_spec(torch, n, out_vals.get(n)) for n in self._out_names if n]
         self._in_spec = ep.call_spec.in_spec
-        self._module = ep.module()
+        self._module = ep.module().to(self._device) if move_module else ep.module()
         stored = [*ep.state_dict.values(), *getattr(ep, "constants", {}).values()]
         model_precision, counts = weights_precision([t for t in stored if isinstance(t, torch.Tensor)])
         self.info = pinned_info(torch, precision, model_precision, counts, self._threads,
@@ -77,7 +86,7 @@ class TorchExportRunner(Runner):
         if missing:
             raise ValueError(f"missing inputs: {missing}")
         pin_threads(torch, self._threads)
-        flat = [to_arg(torch, feeds[s.name], s.name in self._scalars) for s in self._inputs]
+        flat = [to_arg(torch, feeds[s.name], s.name in self._scalars, self._device) for s in self._inputs]
         if self._in_spec is not None:
             args, kwargs = self._pytree.tree_unflatten(flat, self._in_spec)
         else:

@@ -87,13 +87,13 @@ def flatten_outputs(out: Any) -> list[tuple[str, Any]]:
     return leaves
 
 
-def to_arg(torch, a, scalar: bool):
-    """A feed as the program wants it: a tensor, or a Python number for a scalar (int/float/bool) argument."""
+def to_arg(torch, a, scalar: bool, device: str | None = None):
+    """A feed as the program wants it: a tensor (on ``device``, when given), or a Python number for a
+    scalar (int/float/bool) argument."""
     if scalar:
         return a.item() if isinstance(a, np.ndarray | np.generic | torch.Tensor) else a
-    if isinstance(a, torch.Tensor):
-        return a
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(a)))
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(a)))
+    return t.to(device) if device is not None else t
 
 
 def pinned_info(torch, precision: str, model_precision: str, counts: dict[str, int], threads: int,
@@ -108,12 +108,13 @@ def pinned_info(torch, precision: str, model_precision: str, counts: dict[str, i
 
 
 class TorchScriptRunner(Runner):
-    def __init__(self, path: Path, precision: str, threads: int | None):
+    def __init__(self, path: Path, precision: str, threads: int | None, device: str = "cpu"):
         torch = import_torch()
         self._torch = torch
+        self._device = None if device == "cpu" else device  # feeds are moved there (torch_cuda_runner)
         self._threads = threads or default_threads()
         pin_threads(torch, self._threads)
-        self._module = torch.jit.load(str(path), map_location="cpu").eval()
+        self._module = torch.jit.load(str(path), map_location=device).eval()
         schema = self._module.forward.schema
         self._inputs = []
         for a in schema.arguments[1:]:
@@ -144,7 +145,7 @@ class TorchScriptRunner(Runner):
         if missing:
             raise ValueError(f"missing inputs: {missing}")
         pin_threads(torch, self._threads)
-        args = [to_arg(torch, feeds[s.name], s.dtype is not None) for s in self._inputs]
+        args = [to_arg(torch, feeds[s.name], s.dtype is not None, self._device) for s in self._inputs]
         with torch.inference_mode():
             out = self._module(*args)
         leaves = flatten_outputs(out)

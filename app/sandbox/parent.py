@@ -73,7 +73,8 @@ def run_in_sandbox(implementation: str, label: str, kind: str, src: Source, out_
     def limits() -> None:
         os.setsid()
         _die_with_parent()
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if limit > 0:  # 0: none (CUDA children: see Settings.queue_memory_mb)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(import_root(python)), os.environ.get("PYTHONPATH", "")]),
