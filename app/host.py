@@ -200,13 +200,20 @@ def cuda_device() -> dict[str, Any] | None:
 
 
 def _versions() -> dict[str, str]:
+    return dict(_installed_versions())
+
+
+@lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    """Package versions, read once per process (each lookup parses a METADATA file: 22 of them took
+    most of a fingerprint's 50-120 ms); a worker is restarted after an upgrade anyway."""
     out = {}
     for name in packages():
         try:
             out[name] = _metadata.version(name)
         except _metadata.PackageNotFoundError:
             continue
-    return out
+    return tuple(out.items())
 
 
 def _os_name() -> str:

@@ -367,10 +367,10 @@ def _quantize(src: Source, path: Path, work: Path, opts, samples: str | None, wa
     """Symmetric INT8 Q/DQ for TensorRT, calibrated on the input sets the ONNX static INT8 edge uses."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from app.conversion.edges import _calibration
     from app.conversion.edges._common import ONNX_INLINE_LIMIT, onnx_tensor_bytes
-    from app.conversion.edges.onnx_opt import _calibration_feeds
 
-    feeds, where = _calibration_feeds(src, path, opts.calibration, samples)
+    feeds, where = _calibration.feeds("onnx", path.parent, path.name, opts.calibration, samples)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
