@@ -237,7 +237,7 @@ def test_not_found_and_validation_errors_use_one_shape(embedded_client):
 
 
 def test_readyz_reports_what_is_down(embedded_client):
-    assert embedded_client.get("/readyz").json()["checks"] == {"catalog": "ok", "storage": "ok"}
+    assert embedded_client.get("/readyz").json()["checks"] == {"catalog": "ok", "storage": "ok", "dispatch": "ok"}
     store = embedded_client.app.state.store
     import shutil
 
