@@ -77,11 +77,13 @@ def test_report_and_report_all(embedded_client, pt2):
     targets = sorted((j["target"], j["options"].get("precision", "")) for j in jobs)
     assert ("onnx", "") in targets and ("openvino", "") in targets and ("openvino", "int8") in targets
     assert ("onnx", "fp16") in targets and ("torchscript", "") in targets
-    # no worker here has the TF toolchain, and none runs macOS: TFLite and Core ML are left out, saying why,
-    # instead of jobs that wait forever
-    skipped = {k["target"]: k for k in r.json()["skipped"]}
-    assert sorted(skipped) == ["coreml", "tflite"] and all(k["options"] == {} for k in skipped.values())
+    # no worker here has the TF toolchain, none runs macOS and none has a GPU: TFLite, Core ML and TensorRT
+    # are left out, saying why, instead of jobs that wait forever
+    skipped = {k["target"]: k for k in r.json()["skipped"] if not k["options"]}  # the variants are skipped too
+    assert sorted(skipped) == ["coreml", "tensorrt", "tflite"]
+    assert {k["target"] for k in r.json()["skipped"]} == set(skipped)
     assert "cpu.tf" in skipped["tflite"]["reason"] and "apple" in skipped["coreml"]["reason"]
+    assert "gpu" in skipped["tensorrt"]["reason"], skipped["tensorrt"]
     for j in jobs:
         done = embedded_client.get(f"/v1/jobs/{j['id']}", params={"wait": 600}).json()
         assert done["status"] == "succeeded", done
