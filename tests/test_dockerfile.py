@@ -5,20 +5,42 @@ onnxruntime-gpu."""
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-dockerfile = pytest.importorskip("dockerfile", reason="the dev extra's Dockerfile parser (pip install dockerfile)")
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class Cmd:
+    def __init__(self, cmd: str, value: list[str]):
+        self.cmd, self.value = cmd, tuple(value)
+
+
+PARSE = ("import dockerfile, json, sys; print(json.dumps([[c.cmd, list(c.value)] "
+         "for c in dockerfile.parse_file(sys.argv[1])]))")
+
+
+@functools.cache
+def _commands() -> tuple[Cmd, ...]:
+    # in a child: the parser is Go (cgo), whose runtime has crashed a pytest process with torch and
+    # onnxruntime loaded (SIGSEGV); alone in its own interpreter it is fine
+    out = subprocess.run([sys.executable, "-c", PARSE, str(ROOT / "Dockerfile.gpu")], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        pytest.fail(f"Docker's parser (the dev extra's `dockerfile`) failed: {out.stderr[-1500:]}")
+    return tuple(Cmd(c, v) for c, v in json.loads(out.stdout))
 
 
 def _stages() -> dict[str, list]:
     stages: dict[str, list] = {}
     current = None
-    for c in dockerfile.parse_file(str(ROOT / "Dockerfile.gpu")):
+    for c in _commands():
         if c.cmd.upper() == "FROM":
             current = c.value[2] if len(c.value) > 2 and c.value[1].upper() == "AS" else c.value[0]
             stages[current] = [c]
