@@ -54,7 +54,7 @@ def world(tmp_path_factory):
         assert r.status_code == 201, r.text
         key_id = re.match(r"mp_([0-9a-f]{8})_", keys["a_read"]).group(1)
         ids = {"model_id": m["id"], "job_id": job["id"], "artifact_id": job["artifact_id"], "name": "shared-name",
-               "version": "1", "key_id": key_id}
+               "version": "1", "key_id": key_id, "bench_id": "no-such-benchmark"}
         yield {"client": c, "keys": keys, "ids": ids, "settings": settings, "pt2": pt2}
 
 
@@ -111,7 +111,9 @@ def test_another_projects_objects_do_not_exist(world):
     for method, path in _routes(c.app):
         if "{" not in path:
             continue
-        r = c.request(method, _fill(path, ids), headers=b)
+        params = {"format": "triton"} if path.endswith("/export") else None  # its one required query parameter
+        body = {} if method == "POST" and path.endswith("/benchmark") else None  # its body is required
+        r = c.request(method, _fill(path, ids), headers=b, params=params, json=body)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
     lists = {"/v1/models": "items", "/v1/jobs": "items", "/v1/deployments": "items", "/v1/keys": "items"}
     for path, field in lists.items():

@@ -28,7 +28,7 @@ def test_options_only_the_target_transformation_knows_add_that_step():
 
 def test_defaults_are_filled_and_never_silently_changed():
     p = planner.plan("onnx", "openvino", {})
-    assert p.options == [{"precision": "fp32"}]
+    assert p.options == [{"precision": "fp32", "calibration": "none"}]
 
 
 @pytest.mark.parametrize("source,target,options,code,needle", [
@@ -39,7 +39,7 @@ def test_defaults_are_filled_and_never_silently_changed():
      "1 <= min <= opt <= max"),
     ("onnx", "coreml", {}, "no_route", "from onnx modelport can reach"),  # Core ML only from torch.export
     ("pytorch", "onnx", {}, "no_route", "can reach: safetensors"),
-    ("onnx", "openvino", {"fp16": True}, "invalid_options", "allowed: precision"),
+    ("onnx", "openvino", {"fp16": True}, "invalid_options", "allowed: calibration, precision"),
     ("onnx", "openvino", {"precision": "fp8"}, "invalid_options", "precision"),
     ("torch_export", "onnx", {"opset": 3}, "invalid_options", "opset"),
 ])

@@ -94,8 +94,9 @@ def test_the_report_asks_the_catalog_a_fixed_number_of_times(embedded_client, pt
     assert len(one["rows"]) == 1 and len(three["rows"]) == 3
     assert all(r["validation"] == "passed" and r["p50_ms"] > 0 for r in three["rows"])
     assert three["host"]["logical_cores"] >= 1
-    # the model, its artifacts (with their files), the latest validations and benchmarks: none per artifact
-    assert n_three == n_one <= 8
+    # the model, its artifacts (with their files), the latest validations, benchmarks and endpoint sweeps:
+    # none per artifact
+    assert n_three == n_one <= 9
 
 
 def test_checks_write_no_report_file(tmp_path, pt2):
