@@ -257,11 +257,40 @@ def run_wrk(t: Target, clients: int, seconds: float, work: Path) -> Point:
                  r["p99_us"] / 1e3, r["mean_us"] / 1e3, errors, r)
 
 
-def measure(t: Target, args, work: Path) -> dict:
+def session_cpu_s(sid: int) -> float:
+    """User + system CPU seconds of every live process in session ``sid`` (a server and all it
+    started: workers, the Triton binary, proxies), read from /proc."""
+    ticks = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            rest = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[3]) == sid:  # fields after the name: state ppid pgrp session ... utime(11) stime(12)
+            ticks += int(rest[11]) + int(rest[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure(t: Target, args, work: Path, sid: int | None = None) -> dict:
+    """The 1- and 16-client points; at 16 clients also the server's CPU per answered request (every
+    process of its session) and wrk's, which other load on the host disturbs far less than req/s."""
+    import resource
+
     run_wrk(t, 16, args.warmup, work)  # warm-up: untimed, at the heavier load
     one = run_wrk(t, 1, args.duration, work)
+    cpu0 = session_cpu_s(sid) if sid else None
+    wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     many = run_wrk(t, 16, args.duration, work)
-    return {"c1": asdict(one), "c16": asdict(many)}
+    wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"c1": asdict(one), "c16": asdict(many)}
+    ok = many.rps * many.seconds
+    if cpu0 is not None and ok > 0:
+        out["c16"]["server_cpu_ms_per_req"] = (session_cpu_s(sid) - cpu0) * 1000 / ok
+        out["c16"]["wrk_cpu_ms_per_req"] = ((wrk1.ru_utime + wrk1.ru_stime) - (wrk0.ru_utime + wrk0.ru_stime)) \
+            * 1000 / ok
+    return out
 
 
 # ------------------------------------------------------------------------------------------ raw ORT
@@ -527,7 +556,8 @@ def report(results: list[dict], models: list[str], rows: int) -> tuple[str, dict
     raw = {r["model"]: r for r in results if r["server"] == "raw-ort"}
     lines = []
     hdr = (f"{'server':10s} {'api':13s} {'model':5s} {'enc':6s} {'p50@1 ms':>9s} {'p99@1 ms':>9s} "
-           f"{'+p50 vs raw':>11s} {'req/s@16':>9s} {'smp/s@16':>9s} {'p50@16':>8s} {'x raw':>6s} {'x bestpeer':>10s}")
+           f"{'+p50 vs raw':>11s} {'req/s@16':>9s} {'smp/s@16':>9s} {'p50@16':>8s} {'x raw':>6s} {'x bestpeer':>10s} "
+           f"{'cpu ms/req':>10s}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     best_peer: dict[tuple[str, str], float] = {}
@@ -552,7 +582,8 @@ def report(results: list[dict], models: list[str], rows: int) -> tuple[str, dict
             lines.append(f"{r['server']:10s} {r['api']:13s} {model:5s} {r['encoding']:6s} {fmt(c1['p50_ms']):>9s} "
                          f"{fmt(c1['p99_ms']):>9s} {fmt(dp50, '+.3f'):>11s} {fmt(c16['rps'], '.0f'):>9s} "
                          f"{fmt(c16['rps'] * rows, '.0f'):>9s} {fmt(c16['p50_ms'], '.2f'):>8s} {fmt(xraw, '.2f'):>6s} "
-                         f"{fmt(xbp, '.2f'):>10s}" + (f"  errors={errs}" if errs else ""))
+                         f"{fmt(xbp, '.2f'):>10s} {fmt(c16.get('server_cpu_ms_per_req')):>10s}"
+                         + (f"  errors={errs}" if errs else ""))
         lines.append("")
     targets: dict = {}
     mp = [r for r in results if r["server"] == "modelport" and "c16" in r]
@@ -570,6 +601,21 @@ def report(results: list[dict], models: list[str], rows: int) -> tuple[str, dict
             lines.append(f"target CNN throughput @16 ({enc:6s}): modelport {best['api']} {best['c16']['rps']:.0f} "
                          f"req/s vs best peer {peer['server']} {peer['api']} {bp:.0f} req/s = {ratio:.2f}x "
                          f"(need >= 1.5x): {'PASS' if ratio >= 1.5 else 'FAIL'}")
+    for enc in ("json", "binary"):  # server CPU per request: what other load on the host disturbs least
+        def cpu(r):
+            return r["c16"].get("server_cpu_ms_per_req") or float("inf")
+
+        cand = [r for r in mp if r["model"] == "cnn" and r["encoding"] == enc]
+        peers = [r for r in results if r["server"] in PEERS and r["model"] == "cnn" and r["encoding"] == enc
+                 and "c16" in r]
+        if cand and peers and min(map(cpu, cand)) < float("inf") and min(map(cpu, peers)) < float("inf"):
+            best, peer = min(cand, key=cpu), min(peers, key=cpu)
+            targets[f"cnn_cpu_per_request_{enc}"] = {"modelport": best["api"], "cpu_ms": cpu(best),
+                                                     "best_peer": f"{peer['server']} {peer['api']}",
+                                                     "peer_cpu_ms": cpu(peer), "ratio": cpu(peer) / cpu(best)}
+            lines.append(f"CNN server CPU per request @16 ({enc:6s}): modelport {best['api']} {cpu(best):.3f} ms vs "
+                         f"best peer {peer['server']} {peer['api']} {cpu(peer):.3f} ms = {cpu(peer) / cpu(best):.2f}x "
+                         "less (no target; read with req/s when the host is busy)")
     if "mlp" in raw:
         for enc in ("json", "binary"):
             cand = [r for r in mp if r["model"] == "mlp" and r["encoding"] == enc]
@@ -673,7 +719,7 @@ def main() -> int:
                     try:
                         validate(t, expected[t.model])
                         print(f"[bench] {s} {t.api} {t.model} ({len(t.body)} B body) ...", flush=True)
-                        rec.update(measure(t, args, work))
+                        rec.update(measure(t, args, work, proc.pid))
                         print(f"[bench]   p50@1 {rec['c1']['p50_ms']:.3f} ms, p99@1 {rec['c1']['p99_ms']:.3f} ms, "
                               f"{rec['c16']['rps']:.0f} req/s @16", flush=True)
                     except Exception as e:  # noqa: BLE001
