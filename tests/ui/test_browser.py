@@ -351,9 +351,12 @@ def test_a_server_without_keys_needs_no_sign_in(browser, tmp_path):
         page.wait_for_selector("#content:not([hidden])")
         assert page.is_hidden("#signin") and page.is_hidden("#sign-out")
         assert page.text_content("#session-info") == "Keys are off on this server: acting for project default"
+        # the list loads after the page shows: wait for its summary, then read it
+        page.wait_for_function("() => document.querySelector('#list-summary').textContent.length > 0")
         assert page.text_content("#list-summary") == "No models yet: upload one."
         page.set_input_files("#upload-files", str(models.onnx_model(tmp_path)[0]))  # the keyboard's way in
-        page.wait_for_selector("#upload-status a")
+        page.wait_for_selector("#upload-status a")  # shown before the list reloads: wait for the row
+        page.wait_for_selector("#models-table tbody tr[data-model-id]")
         assert page.locator("#models-table tbody tr").count() == 1
         page.goto(f"{url}/ui/models/{'0' * 32}")
         page.wait_for_function("() => document.querySelector('#model-error').textContent.length > 0")
