@@ -45,6 +45,17 @@ def _spec(arg) -> IOSpec:
     return IOSpec(arg.name, _TYPES.get(arg.type, arg.type), [_dim(d) for d in shape])
 
 
+def _cast_to(dtype: str) -> np.dtype | None:
+    """The numpy dtype an input's arrays are cast to (same kind only), or None: taken as sent
+    (bfloat16, strings, and types numpy has no name for, which onnxruntime judges itself)."""
+    if dtype in ("bfloat16", "object"):
+        return None
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return None
+
+
 def _model_precision(path: Path, io: list[IOSpec]) -> tuple[str, dict[str, int]]:
     """The float type the model computes in: its initializers' float dtypes (headers only, external
     data not loaded), else its float inputs/outputs."""
@@ -82,6 +93,7 @@ class OnnxRuntimeRunner(Runner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = providers or ["CPUExecutionProvider"]
         self._sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        self._plan = None
         self._inputs = [_spec(a) for a in self._sess.get_inputs()]
         self._outputs = [_spec(a) for a in self._sess.get_outputs()]
         model_precision, counts = _model_precision(path, self._inputs + self._outputs)
@@ -95,17 +107,21 @@ class OnnxRuntimeRunner(Runner):
                                threads=n, details=details)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [s.name for s in self._inputs if s.name not in feeds]
+        plan = self._plan
+        if plan is None:  # read once: on the serving path a dtype's name costs more than the check
+            plan = self._plan = ([(s.name, _cast_to(s.dtype)) for s in self._inputs], [s.name for s in self._outputs])
+        wants, names = plan
+        missing = [n for n, _ in wants if n not in feeds]
         if missing:
             raise ValueError(f"missing inputs: {missing}")
         feed = {}
-        for s in self._inputs:
-            a = np.asarray(feeds[s.name])
-            if s.dtype not in ("bfloat16", "object") and a.dtype.name != s.dtype:
-                a = a.astype(s.dtype, casting="same_kind")
-            feed[s.name] = a
-        res = self._sess.run([s.name for s in self._outputs], feed)
-        return {s.name: np.asarray(r) for s, r in zip(self._outputs, res, strict=True)}
+        for n, want in wants:
+            a = np.asarray(feeds[n])
+            if want is not None and a.dtype != want:
+                a = a.astype(want, casting="same_kind")
+            feed[n] = a
+        res = self._sess.run(names, feed)
+        return {n: np.asarray(r) for n, r in zip(names, res, strict=True)}
 
     def close(self) -> None:
         self._sess = None

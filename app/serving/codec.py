@@ -40,6 +40,7 @@ Costs (2-core host, [1,3,64,64] FP32): a v2 JSON request decodes in ~0.27 ms (or
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -126,6 +127,18 @@ def datatype_of(dtype: Any) -> str:
     """The v2 datatype of a numpy dtype, or of a dtype name as specs write it ("float32",
     "bfloat16", "object", or already a v2 name like "FP32"). ``object``, ``str`` and ``bytes``
     arrays are BYTES. CodecError for dtypes v2 can't carry (complex, datetime, ...)."""
+    if isinstance(dtype, np.dtype):  # every request asks this of its arrays: answered once per dtype
+        hit = _DATATYPE_OF.get(dtype)
+        if hit is None:
+            hit = _DATATYPE_OF[dtype] = _datatype_of(dtype)
+        return hit
+    return _datatype_of(dtype)
+
+
+_DATATYPE_OF: dict[np.dtype, str] = {}
+
+
+def _datatype_of(dtype: Any) -> str:
     if isinstance(dtype, str):
         if dtype in _KNOWN_DATATYPES:
             return dtype
@@ -998,6 +1011,7 @@ def _dtype_ok(got: np.dtype, want: np.dtype) -> bool:
     return _BF16 is not None and want == _BF16 and got == np.float32
 
 
+@functools.lru_cache(maxsize=256)
 def _dtype_label(dt: np.dtype) -> str:
     try:
         return f"{dt.name} ({datatype_of(dt)})" if dt.kind != "O" else "object (BYTES)"

@@ -73,11 +73,26 @@ def check_bounds(lm, feeds, limits: tuple[int, int, int]) -> None:
 def estimated_output_bytes(lm, rows: int) -> int | None:
     """Bytes the outputs of ``rows`` rows take: from the output specs where every dim past the batch
     is fixed, and from the bytes per row measured at load (the larger); None when neither says."""
+    fixed, per_row_static, unknown = _static_outputs(lm)
+    static = fixed + per_row_static * rows
+    per_row = getattr(lm, "out_bytes_per_row", None)
+    if per_row:
+        return max(static, per_row * rows)
+    return None if unknown and not static else static
+
+
+def _static_outputs(lm) -> tuple[int, int, bool]:
+    """What the output specs say, read once per loaded model: (bytes of outputs with a fixed first
+    dim, bytes per row of those with a dynamic one, whether some output's size is unknown)."""
+    cached = getattr(lm, "static_outputs", None)
+    if cached is not None:
+        return cached
     import math
 
     import numpy as np
 
-    static, unknown = 0, False
+    fixed = per_row = 0
+    unknown = False
     for spec in lm.outputs or []:
         shape = spec.shape
         if not shape or not all(isinstance(d, int) and d >= 0 for d in shape[1:]):
@@ -87,12 +102,14 @@ def estimated_output_bytes(lm, rows: int) -> int | None:
             item = np.dtype(spec.dtype).itemsize if spec.dtype not in (None, "object", "bfloat16") else 2
         except TypeError:
             item = 4
-        first = shape[0] if isinstance(shape[0], int) and shape[0] >= 0 else rows
-        static += first * math.prod(shape[1:]) * item
-    per_row = getattr(lm, "out_bytes_per_row", None)
-    if per_row:
-        return max(static, per_row * rows)
-    return None if unknown and not static else static
+        if isinstance(shape[0], int) and shape[0] >= 0:
+            fixed += shape[0] * math.prod(shape[1:]) * item
+        else:
+            per_row += math.prod(shape[1:]) * item
+    cached = (fixed, per_row, unknown)
+    if hasattr(lm, "static_outputs"):
+        lm.static_outputs = cached
+    return cached
 
 
 def check_output_size(outputs, limits: tuple[int, int, int]) -> None:
@@ -177,8 +194,8 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
         check_output_size(outputs, limits)
         if batcher is None:
             first = next(iter(req.inputs.values()), None)
-            metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
-                              time.perf_counter() - t)
+            metrics.series(*labels).unbatched(first.shape[0] if first is not None and first.ndim else 1,
+                                              time.perf_counter() - t)
         requested = [o["name"] for o in req.outputs] or None
         per_output = {o["name"]: o.get("binary_data") for o in req.outputs}
 
@@ -200,8 +217,9 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
     except Exception as e:
         metrics.failure.labels(*labels, "inference_error").inc()
         return _error_body(500, f"inference failed: {type(e).__name__}: {e}"[:2000])
-    metrics.success.labels(*labels).inc()
-    metrics.request.labels(*labels).observe(time.perf_counter() - started)
+    series = metrics.series(*labels)
+    series.success.inc()
+    series.request.observe(time.perf_counter() - started)
     return 200, {k.lower(): v for k, v in headers.items()}, payload
 
 
@@ -242,8 +260,8 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
         check_output_size(outputs, limits)
         if batcher is None:
             first = next(iter(feeds.values()), None)
-            metrics.unbatched(*labels, first.shape[0] if first is not None and first.ndim else 1,
-                              time.perf_counter() - t)
+            metrics.series(*labels).unbatched(first.shape[0] if first is not None and first.ndim else 1,
+                                              time.perf_counter() - t)
     except ServingError as e:
         metrics.failure.labels(*labels, e.code).inc()
         return _error(e)
@@ -253,8 +271,9 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
     except Exception as e:
         metrics.failure.labels(*labels, "inference_error").inc()
         return _error(Unprocessable(f"inference failed: {type(e).__name__}: {e}"[:2000], code="inference_failed"))
-    metrics.success.labels(*labels).inc()
-    metrics.request.labels(*labels).observe(time.perf_counter() - started)
+    series = metrics.series(*labels)
+    series.success.inc()
+    series.request.observe(time.perf_counter() - started)
     if "application/x-npz" in accept:
         return 200, {"content-type": "application/x-npz"}, codec.encode_npz(outputs)
     return 200, {"content-type": "application/json"}, codec.dumps_v1(outputs)

@@ -54,6 +54,7 @@ class Metrics:
                                  registry=self.registry)
         self.batch = Histogram("modelport_inference_batch_size", "Rows per model execution", labels,
                                buckets=BATCH_BUCKETS, registry=self.registry)
+        self._series: dict[tuple[str, str], Series] = {}
         self.jobs = _JobCollector(db) if db is not None else None
         if self.jobs is not None:
             self.registry.register(self.jobs)
@@ -72,24 +73,46 @@ class Metrics:
             registry.register(self.jobs)
         return generate_latest(registry)
 
+    def series(self, model: str, version: str) -> Series:
+        """The labelled children of one deployment version, looked up once: ``labels()`` costs more
+        than the increment it leads to, six times a request. Only names that resolved to a deployment
+        get here (client-chosen names must not mint series), so the dict stays as small as the catalog."""
+        key = (model, version)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = Series(self, model, version)
+        return s
+
     def batch_observer(self, model: str, version: str):
-        q, c, b, e, n = (m.labels(model, version) for m in (self.queue, self.compute, self.batch, self.exec_count,
-                                                             self.count))
+        s = self.series(model, version)
 
         def observe(stats) -> None:
-            q.observe(stats.queue_ms / 1000)
-            c.observe(stats.compute_ms / 1000)
-            b.observe(stats.size)
-            e.inc()
-            n.inc(stats.size)
+            s.queue.observe(stats.queue_ms / 1000)
+            s.compute.observe(stats.compute_ms / 1000)
+            s.batch.observe(stats.size)
+            s.exec_count.inc()
+            s.count.inc(stats.size)
 
         return observe
 
     def unbatched(self, model: str, version: str, rows: int, compute_s: float) -> None:
-        self.compute.labels(model, version).observe(compute_s)
-        self.batch.labels(model, version).observe(rows)
-        self.exec_count.labels(model, version).inc()
-        self.count.labels(model, version).inc(rows)
+        self.series(model, version).unbatched(rows, compute_s)
+
+
+class Series:
+    """One deployment version's counters and histograms (see :meth:`Metrics.series`)."""
+
+    __slots__ = ("success", "request", "queue", "compute", "batch", "exec_count", "count")
+
+    def __init__(self, m: Metrics, model: str, version: str):
+        for name in self.__slots__:
+            setattr(self, name, getattr(m, name).labels(model, version))
+
+    def unbatched(self, rows: int, compute_s: float) -> None:
+        self.compute.observe(compute_s)
+        self.batch.observe(rows)
+        self.exec_count.inc()
+        self.count.inc(rows)
 
 
 class _JobCollector:

@@ -73,6 +73,7 @@ class Loaded:
     batching: dict[str, Any] = field(default_factory=dict)  # as deployed (max_batch_size, max_queue_delay_ms)
     dynamic_batch: bool = False  # every input has a dynamic batch dimension: requests can be merged
     alt: tuple[tuple[int, float], Any] | None = None  # (settings, Batcher) asked for by X-Modelport-Batching
+    static_outputs: tuple[int, int, bool] | None = None  # what the output specs say of their size (dataplane)
 
     def specs(self) -> list[tuple[str, str | None, list | None]]:
         return [(s.name, s.dtype, s.shape) for s in self.inputs]
