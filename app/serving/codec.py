@@ -216,7 +216,14 @@ def _has_non_finite(obj: Any) -> bool:
     stack = [obj]
     while stack:
         o = stack.pop()
-        if isinstance(o, np.ndarray | np.generic):
+        t = type(o)
+        if t is str or t is int or t is bool or o is None:  # most of a response document: nothing to see
+            continue
+        if t is dict:
+            stack.extend(o.values())
+        elif t is list:
+            stack.extend(o)
+        elif isinstance(o, (np.ndarray, np.generic)):
             kind = o.dtype.kind
             if kind == "f":
                 if not np.isfinite(o).all():

@@ -635,6 +635,10 @@ def report(results: list[dict], models: list[str], rows: int) -> tuple[str, dict
 # ------------------------------------------------------------------------------------------ main
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 s warm-up + 3 s per point")
@@ -662,6 +666,8 @@ def main() -> int:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
 
+    # SIGTERM (timeout, kill) ends the run as Ctrl-C does: the finally blocks stop every server started
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="modelport-bench-serving-"))
     all_paths = bench_models.write_models(work / "models")
