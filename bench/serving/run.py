@@ -273,6 +273,19 @@ def session_cpu_s(sid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def signal_session(sid: int, sig: int) -> None:
+    """``sig`` to every live process in session ``sid`` (a server and all it started)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            rest = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(rest[3]) == sid:
+                os.kill(int(d), sig)
+        except (OSError, IndexError, ValueError):
+            continue
+
+
 def measure(t: Target, args, work: Path, sid: int | None = None) -> dict:
     """The 1- and 16-client points; at 16 clients also the server's CPU per answered request (every
     process of its session) and wrk's, which other load on the host disturbs far less than req/s."""
@@ -291,6 +304,95 @@ def measure(t: Target, args, work: Path, sid: int | None = None) -> dict:
         out["c16"]["wrk_cpu_ms_per_req"] = ((wrk1.ru_utime + wrk1.ru_stime) - (wrk0.ru_utime + wrk0.ru_stime)) \
             * 1000 / ok
     return out
+
+
+def merge_points(points: list[Point]) -> dict:
+    """Rounds of one point as one: requests and seconds add up (req/s = answered / seconds); the
+    latency percentiles are the median over rounds (each round's from wrk's own histogram)."""
+    secs = sum(p.seconds for p in points)
+    ok = sum(p.rps * p.seconds for p in points)
+    reqs = sum(p.requests for p in points)
+    med = statistics.median
+    return {"clients": points[0].clients, "requests": reqs, "seconds": secs, "rps": ok / secs if secs else 0.0,
+            "p50_ms": med(p.p50_ms for p in points), "p90_ms": med(p.p90_ms for p in points),
+            "p99_ms": med(p.p99_ms for p in points),
+            "mean_ms": sum(p.mean_ms * p.requests for p in points) / reqs if reqs else float("nan"),
+            "errors": sum(p.errors for p in points), "rounds": len(points),
+            "per_round_rps": [round(p.rps, 1) for p in points], "raw": [p.raw for p in points]}
+
+
+def measure_interleaved(runs: list[tuple[Target, int]], args, work: Path) -> tuple[list[dict], dict[int, float]]:
+    """Every target's points measured in ``args.rounds`` rounds, the targets of all servers taking
+    turns within each round (the order rotated round by round): load from other processes that
+    comes and goes then falls on every server alike, where one server after another would give it
+    to whoever ran at the wrong time. ``runs``: (target, session id of its server's processes).
+    Also the CPU each server's session burns while another one is measured (its idle cost; 0 with
+    ``--pause``, which stops the servers not measured), in % of a core, by session id."""
+    import resource
+
+    rounds = max(1, args.rounds)
+    per = max(1.0, args.duration / rounds)
+    for t, _ in runs:  # warm-up: untimed, at the heavier load
+        run_wrk(t, 16, args.warmup, work)
+    c1: dict[int, list[Point]] = {i: [] for i in range(len(runs))}
+    c16: dict[int, list[Point]] = {i: [] for i in range(len(runs))}
+    cpu = dict.fromkeys(range(len(runs)), 0.0)
+    wrk_cpu = dict.fromkeys(range(len(runs)), 0.0)
+    sids = sorted({sid for _, sid in runs})
+    own = dict.fromkeys(sids, 0.0)  # a server's CPU seconds while its own targets ran at 16 clients
+    own_s = dict.fromkeys(sids, 0.0)
+    total0 = {sid: session_cpu_s(sid) for sid in sids}
+    t_phase = time.monotonic()
+    running = set(sids)
+
+    def only(sid: int) -> None:  # --pause: the servers not measured now are stopped (SIGSTOP), not idling
+        if not args.pause:
+            return
+        for other in sids:
+            want = other == sid
+            if want and other not in running:
+                signal_session(other, signal.SIGCONT)
+                running.add(other)
+            elif not want and other in running:
+                signal_session(other, signal.SIGSTOP)
+                running.discard(other)
+
+    try:
+        for r in range(rounds):
+            order = list(range(len(runs)))
+            order = order[r % len(order):] + order[:r % len(order)]
+            for i in order:
+                t, sid = runs[i]
+                only(sid)
+                a0, t0 = session_cpu_s(sid), time.monotonic()
+                c1[i].append(run_wrk(t, 1, per, work))
+                a, w0 = session_cpu_s(sid), resource.getrusage(resource.RUSAGE_CHILDREN)
+                c16[i].append(run_wrk(t, 16, per, work))
+                b, w1 = session_cpu_s(sid), resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[i] += b - a
+                own[sid] += b - a0
+                own_s[sid] += time.monotonic() - t0
+                wrk_cpu[i] += (w1.ru_utime + w1.ru_stime) - (w0.ru_utime + w0.ru_stime)
+            print(f"[bench]   round {r + 1}/{rounds} done", flush=True)
+    finally:
+        for sid in sids:
+            if sid not in running:
+                signal_session(sid, signal.SIGCONT)
+    phase = time.monotonic() - t_phase
+    out = []
+    for i, (t, _) in enumerate(runs):
+        rec = {"c1": merge_points(c1[i]), "c16": merge_points(c16[i])}
+        ok = rec["c16"]["rps"] * rec["c16"]["seconds"]
+        if ok > 0:
+            rec["c16"]["server_cpu_ms_per_req"] = cpu[i] * 1000 / ok
+            rec["c16"]["wrk_cpu_ms_per_req"] = wrk_cpu[i] * 1000 / ok
+        out.append(rec)
+    idle = {}
+    for sid in sids:
+        rest = phase - own_s[sid]
+        if rest > 0:
+            idle[sid] = 100 * (session_cpu_s(sid) - total0[sid] - own[sid]) / rest
+    return out, idle
 
 
 # ------------------------------------------------------------------------------------------ raw ORT
@@ -457,7 +559,7 @@ def peer_env(name: str, work: Path, paths: dict[str, Path]) -> dict:
     env.update(THREAD_ENV)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
-    env["BENCH_MODELS_DIR"] = str(paths["cnn"].parent)
+    env["BENCH_MODELS_DIR"] = str(next(iter(paths.values())).parent)  # write_models wrote both models there
     env["PYTHONPATH"] = str(HERE / "peers")
     return env
 
@@ -652,6 +754,13 @@ def main() -> int:
     ap.add_argument("--hold", metavar="SERVER", help=argparse.SUPPRESS)  # profiling aid: start, print URL, wait
     ap.add_argument("--out", help="JSON result path (default bench/results/serving-<time>.json)")
     ap.add_argument("--workers", type=int, default=1, help="modelport serve --workers N (default 1)")
+    ap.add_argument("--sequential", action="store_true", help="one server after another, each stopped before "
+                    "the next starts (the old way), instead of all up at once and measured in turns")
+    ap.add_argument("--pause", action=argparse.BooleanOptionalAction, default=True,
+                    help="interleaved: stop (SIGSTOP) the servers not being measured, so one that spins while "
+                    "idle takes no CPU from the others (default on; --no-pause to leave them running)")
+    ap.add_argument("--rounds", type=int, default=4, help="turns per point when interleaved (default 4): "
+                    "each is duration/rounds seconds")
     ap.add_argument("--endpoint-sweep", default="", metavar="MODELS",
                     help="after modelport's wrk points, run its endpoint benchmark on these deployments (e.g. cnn)")
     ap.add_argument("--sweep-seconds", type=float, default=240, help="the endpoint sweep's max_seconds")
@@ -691,58 +800,108 @@ def main() -> int:
                 results.append({"server": "raw-ort", "api": "in-process", "model": m, "encoding": "-", **r})
             notes.append("raw-ort: 1 client = sess.run loop on one thread; 16 clients = 16 Python threads sharing "
                          "one session (no HTTP, no encoding)")
-        for s in servers:
+        def start(s: str):
+            """(proc, targets) of server ``s`` started, or None (and why in ``skipped``)."""
             if s in PEERS and not setup_peers.is_ready(s):
                 print(f"[bench] setting up the {s} venv under {setup_peers.VENV_ROOT} (first run only) ...",
                       flush=True)
                 if not setup_peers.setup(s):
                     skipped[s] = f"pip install failed: {(setup_peers.failure(s) or '')[-1500:]}"
                     print(f"[bench] {s}: SKIPPED, {skipped[s][-400:]}", flush=True)
-                    continue
+                    return None
             print(f"[bench] starting {s}", flush=True)
-            proc = None
             try:
-                proc, targets = STARTERS[s](work, paths, xs, notes)
+                return STARTERS[s](work, paths, xs, notes)
             except Exception as e:  # noqa: BLE001
                 skipped[s] = f"could not start: {type(e).__name__}: {e}"
                 print(f"[bench] {s}: SKIPPED, {skipped[s][-1500:]}", flush=True)
-                continue
-            if args.hold == s:
-                print(f"[bench] holding {s}: pid {proc.pid}; targets:", flush=True)
-                for t in targets:
-                    print(f"  {t.api:12s} {t.model} {t.url}", flush=True)
+                return None
+
+        def record(t: Target) -> dict:
+            return {"server": t.server, "api": t.api, "model": t.model, "encoding": t.encoding, "url": t.url,
+                    "body_bytes": len(t.body)}
+
+        def sweep(targets: list[Target]) -> None:
+            for m in [m for m in args.endpoint_sweep.split(",") if m in model_names]:
+                print(f"[bench] modelport endpoint sweep {m} ...", flush=True)
                 try:
-                    while proc.poll() is None:
-                        time.sleep(1)
-                except KeyboardInterrupt:
-                    pass
-                stop(proc)
-                return 0
-            try:
-                for t in targets:
-                    rec = {"server": t.server, "api": t.api, "model": t.model, "encoding": t.encoding,
-                           "url": t.url, "body_bytes": len(t.body)}
+                    sweeps[m] = endpoint_sweep(targets[0].url.split("/v2/")[0], m, args)
+                    print(sweep_table(sweeps[m]), flush=True)
+                except Exception as e:  # noqa: BLE001
+                    sweeps[m] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                    print(f"[bench]   ERROR {sweeps[m]['error'][:500]}", flush=True)
+
+        if args.sequential or args.hold:
+            notes.append("measured one server after another (--sequential)")
+            for s in servers:
+                up = start(s)
+                if up is None:
+                    continue
+                proc, targets = up
+                if args.hold == s:
+                    print(f"[bench] holding {s}: pid {proc.pid}; targets:", flush=True)
+                    for t in targets:
+                        print(f"  {t.api:12s} {t.model} {t.url}", flush=True)
                     try:
-                        validate(t, expected[t.model])
-                        print(f"[bench] {s} {t.api} {t.model} ({len(t.body)} B body) ...", flush=True)
-                        rec.update(measure(t, args, work, proc.pid))
-                        print(f"[bench]   p50@1 {rec['c1']['p50_ms']:.3f} ms, p99@1 {rec['c1']['p99_ms']:.3f} ms, "
-                              f"{rec['c16']['rps']:.0f} req/s @16", flush=True)
-                    except Exception as e:  # noqa: BLE001
-                        rec["error"] = f"{type(e).__name__}: {e}"[:2000]
-                        print(f"[bench]   ERROR {rec['error'][:500]}", flush=True)
-                    results.append(rec)
-                if s == "modelport":
-                    for m in [m for m in args.endpoint_sweep.split(",") if m in model_names]:
-                        print(f"[bench] modelport endpoint sweep {m} ...", flush=True)
+                        while proc.poll() is None:
+                            time.sleep(1)
+                    except KeyboardInterrupt:
+                        pass
+                    stop(proc)
+                    return 0
+                try:
+                    for t in targets:
+                        rec = record(t)
                         try:
-                            sweeps[m] = endpoint_sweep(targets[0].url.split("/v2/")[0], m, args)
-                            print(sweep_table(sweeps[m]), flush=True)
+                            validate(t, expected[t.model])
+                            print(f"[bench] {s} {t.api} {t.model} ({len(t.body)} B body) ...", flush=True)
+                            rec.update(measure(t, args, work, proc.pid))
+                            print(f"[bench]   p50@1 {rec['c1']['p50_ms']:.3f} ms, p99@1 {rec['c1']['p99_ms']:.3f} ms, "
+                                  f"{rec['c16']['rps']:.0f} req/s @16", flush=True)
                         except Exception as e:  # noqa: BLE001
-                            sweeps[m] = {"error": f"{type(e).__name__}: {e}"[:2000]}
-                            print(f"[bench]   ERROR {sweeps[m]['error'][:500]}", flush=True)
+                            rec["error"] = f"{type(e).__name__}: {e}"[:2000]
+                            print(f"[bench]   ERROR {rec['error'][:500]}", flush=True)
+                        results.append(rec)
+                    if s == "modelport":
+                        sweep(targets)
+                finally:
+                    stop(proc)
+        else:
+            procs: dict[str, tuple[subprocess.Popen, list[Target]]] = {}
+            try:
+                for s in servers:  # all up at once; each measured in turns (measure_interleaved)
+                    up = start(s)
+                    if up is not None:
+                        procs[s] = up
+                runs: list[tuple[Target, int]] = []
+                recs: list[dict] = []
+                for s, (proc, targets) in procs.items():
+                    for t in targets:
+                        rec = record(t)
+                        try:
+                            validate(t, expected[t.model])
+                            runs.append((t, proc.pid))
+                        except Exception as e:  # noqa: BLE001
+                            rec["error"] = f"{type(e).__name__}: {e}"[:2000]
+                            print(f"[bench] {s} {t.api} {t.model}: ERROR {rec['error'][:500]}", flush=True)
+                            results.append(rec)
+                print(f"[bench] {len(runs)} targets of {len(procs)} servers, {args.rounds} rounds each of "
+                      f"{max(1.0, args.duration / max(1, args.rounds)):g} s at 1 and at 16 clients ...", flush=True)
+                measured, idle = measure_interleaved(runs, args, work)
+                for (t, _), m in zip(runs, measured, strict=True):
+                    results.append({**record(t), **m})
+                names = {proc.pid: s for s, (proc, _) in procs.items()}
+                notes.append(f"all servers up at once, measured in turns: {args.rounds} rounds per point, the order "
+                             "rotated each round (--sequential: one after another); "
+                             + ("the servers not measured are stopped (SIGSTOP) meanwhile" if args.pause
+                                else "the servers not measured keep running (--no-pause)"))
+                notes.append("CPU a server used while another one was measured: " + "; ".join(
+                    f"{names[sid]} {pct:.1f}% of a core" for sid, pct in idle.items()))
+                if "modelport" in procs:
+                    sweep(procs["modelport"][1])
             finally:
-                stop(proc)
+                for proc, _ in procs.values():
+                    stop(proc)
         table, targets = report(results, model_names, args.rows)
         try:
             import onnxruntime
