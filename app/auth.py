@@ -197,8 +197,15 @@ class Authenticator:
         hit = self._required
         if hit is not None and (hit[1] or now - hit[0] < CACHE_S):
             return hit[1]  # once on, it stays on for this process
-        with self.db.session() as s:
-            on = repo.any_key(s)
+        try:
+            with self.db.session() as s:
+                on = repo.any_key(s)
+        except Exception:
+            if hit is None:
+                raise
+            # the catalog is unreachable: no key can be made meanwhile, so "none exists" stands (asked
+            # again in CACHE_S); inference from loaded deployments goes on through the outage
+            on = hit[1]
         self._required = (now, on)
         return on
 

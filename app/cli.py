@@ -145,6 +145,7 @@ def _worker(settings, args) -> int:
             try:
                 jobs.announce(ctx["db"], wid, requested, caps)
                 jobs.reap(ctx["db"], ctx["dispatcher"], settings)
+                jobs.redispatch_unclaimed(ctx["db"], ctx["dispatcher"], settings)  # messages the broker lost
                 dispatch.relay_due(ctx["db"], ctx["dispatcher"])  # messages the broker missed while down
             except Exception as e:  # keep beating through a database blip
                 print(f"modelport worker: heartbeat failed: {e}", file=sys.stderr)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
                                       "is taken back from its (dead) worker")
     worker_stale_s: float = Field(default=30.0, gt=0, description="a worker without heartbeat this long is gone")
     heartbeat_s: float = Field(default=2.0, gt=0)
+    redispatch_after_s: float = Field(default=300.0, gt=0, description="a queued step that no worker has claimed "
+                                      "this long, on a queue a live worker serves, has its message sent again (a "
+                                      "broker restarted without persistence loses the messages it held); a "
+                                      "duplicate does nothing (steps are claimed with a compare-and-set)")
     blob_gc_grace_s: float = Field(default=600.0, ge=60, description="an unreferenced blob is deleted from the "
                                    "object store this long after it lost its last reference (see app/blobs.py); "
                                    "at least a minute, the time a writer has between claiming bytes and "

@@ -11,7 +11,6 @@ import os
 import queue
 import random
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -48,24 +47,6 @@ def serve(settings):
             raise RuntimeError("server did not start")
         time.sleep(0.05)
     return app, srv, thread, f"http://127.0.0.1:{port}"
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    """Our own redis-server on a free loopback port (never the shared one); the caller stops it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"redis://127.0.0.1:{port}/0"
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
 
 
 def run_api_fuzz(base: str, *, headers: dict[str, str], real: dict[str, str], examples: int, seed: int = 0,

@@ -40,14 +40,14 @@ def tiny_module():
     return _tiny_class()().eval()
 
 
-def onnx_model(out: Path, *, external: bool = False, name: str = "tiny.onnx") -> list[Path]:
-    """A dynamic-batch ONNX model [batch, 8] -> [batch, 3]; with ``external`` its weights live in
-    ``<name>.data``."""
+def onnx_model(out: Path, *, external: bool = False, name: str = "tiny.onnx", seed: int = 0) -> list[Path]:
+    """A dynamic-batch ONNX model [batch, 8] -> [batch, 3] (its weights drawn from ``seed``); with
+    ``external`` its weights live in ``<name>.data``."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w2")

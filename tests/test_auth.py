@@ -189,3 +189,29 @@ def test_authentication_can_be_required_with_no_key(tmp_path):
         r = c.get("/v1/models")
         assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
         assert c.get("/healthz").status_code == 200
+
+
+def test_no_key_stays_no_key_while_the_catalog_is_unreachable(tmp_path):
+    """Auth `auto` with no key: the answer, due again every CACHE_S, stands while the catalog is
+    unreachable (no key can be made meanwhile), so inference goes on through an outage; with no
+    answer yet, the catalog's error is raised (the routes make it a 503)."""
+    import time
+
+    import sqlalchemy as sa
+
+    from app.catalog.db import Database, upgrade
+    from tests.faults import free_ports
+
+    settings = make_settings(tmp_path)
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    upgrade(db.engine)
+    a = auth.Authenticator(db, settings)
+    assert a.required() is False
+    gone = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_ports(1)[0]}/none")  # nothing listens there
+    a.db = gone
+    a._required = (time.monotonic() - auth.CACHE_S - 1, False)  # due to be asked again
+    assert a.required() is False
+    with pytest.raises(sa.exc.OperationalError):
+        auth.Authenticator(gone, settings).required()
+    db.dispose()
+    gone.dispose()

@@ -11,7 +11,8 @@ import os
 import pytest
 
 from tests import models
-from tests.fuzzing import run_api_fuzz, serve, start_redis
+from tests.faults import OwnRedis
+from tests.fuzzing import run_api_fuzz, serve
 from tests.helpers import make_settings, upload
 
 EXAMPLES = int(os.environ.get("MODELPORT_FUZZ_EXAMPLES", "50"))
@@ -24,8 +25,9 @@ def fuzz_target(tmp_path_factory):
     import httpx
 
     tmp = tmp_path_factory.mktemp("fuzz")
-    redis, redis_url = start_redis(tmp)
-    settings = make_settings(tmp, broker_url=redis_url, request_header_timeout_s=10)
+    redis = OwnRedis(tmp / "redis")
+    redis.start()
+    settings = make_settings(tmp, broker_url=redis.url, request_header_timeout_s=10)
     app, srv, thread, base = serve(settings)
     try:
         with httpx.Client(base_url=base, timeout=60) as c:
@@ -37,8 +39,7 @@ def fuzz_target(tmp_path_factory):
     finally:
         srv.should_exit = True
         thread.join(30)
-        redis.terminate()
-        redis.wait(20)
+        redis.stop()
 
 
 def _healthy(t) -> None:

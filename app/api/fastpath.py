@@ -103,6 +103,13 @@ class FastPath:
             p.require("read")
         except ModelportError as e:
             return None, e
+        except Exception as e:  # a key not seen lately and the catalog unreachable: 503 naming it, never a 500
+            from app.main import _infrastructure_error
+
+            err = _infrastructure_error(e)
+            if err is None:
+                raise
+            return None, err
         return p, None
 
     async def _v2(self, scope, receive, send, name: str, version: str | None) -> None:

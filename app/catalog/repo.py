@@ -152,6 +152,23 @@ def requeue_stale(s: Session, step: JobStep, before, now) -> bool:
     return res.rowcount == 1
 
 
+def unclaimed_steps(s: Session, queues: list[str], before, limit: int) -> list[JobStep]:
+    """Steps queued (or waiting for hardware) on ``queues``, unchanged since ``before``, with no
+    message waiting in the outbox: their message may have been lost with the broker's memory."""
+    from app.catalog.tables import StepDispatch
+
+    pending = select(StepDispatch.step_id).where(StepDispatch.step_id == JobStep.id).exists()
+    return list(s.scalars(select(JobStep).where(JobStep.status.in_(("queued", "waiting_for_hardware")),
+                                                JobStep.queue.in_(queues), JobStep.updated_at < before, ~pending)
+                          .order_by(JobStep.updated_at).limit(limit)))
+
+
+def touch_step(s: Session, step_id: str, seen, now) -> bool:
+    """Compare-and-set on ``updated_at``: True for the one process that moves it from ``seen``."""
+    return s.execute(update(JobStep).where(JobStep.id == step_id, JobStep.updated_at == seen)
+                     .values(updated_at=now).execution_options(synchronize_session=False)).rowcount == 1
+
+
 def waiting_steps(s: Session, queues: list[str]) -> list[JobStep]:
     return list(s.scalars(select(JobStep).where(JobStep.status == "waiting_for_hardware",
                                                 JobStep.queue.in_(queues))))

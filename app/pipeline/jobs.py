@@ -880,6 +880,32 @@ def reap(db, dispatcher: Dispatcher, settings) -> list[str]:
     return [sid for sid, _ in requeued]
 
 
+def redispatch_unclaimed(db, dispatcher: Dispatcher, settings, limit: int = 100) -> list[str]:
+    """Send again the message of every step that has waited ``redispatch_after_s`` unclaimed on a
+    queue a live worker serves. The outbox covers a broker that is down when a step is queued; this
+    covers one that lost what it held (restarted without persistence, flushed, failed over): nothing
+    else would ever send those messages again. A duplicate of a message still in the broker does
+    nothing (the step is claimed with a compare-and-set); each step is re-sent at most once per
+    ``redispatch_after_s``, by one worker (a compare-and-set on its ``updated_at``). Returns the
+    step ids re-sent."""
+    now = utcnow()
+    before = now - dt.timedelta(seconds=settings.redispatch_after_s)
+    out: list[tuple[str, str]] = []
+    with db.session() as s:
+        live = sorted(live_queues(s, settings))
+        for step in repo.unclaimed_steps(s, live, before, limit) if live else []:
+            if repo.touch_step(s, step.id, step.updated_at, now):
+                _append_log(step, f"\n=== unclaimed for {settings.redispatch_after_s:g} s on '{step.queue}': "
+                            "its message sent again ===\n")
+                dispatch.record(s, step.id, step.queue)
+                out.append((step.id, step.queue))
+    for step_id, queue in out:
+        dispatch.send(db, dispatcher, step_id, queue)
+    if out:
+        log.warning("sent %d unclaimed step messages again (the broker may have lost them)", len(out))
+    return [sid for sid, _ in out]
+
+
 def announce(db, worker_id: str, queues: list[str], capabilities: dict[str, Any]) -> None:
     with db.session() as s:
         repo.upsert_worker(s, worker_id, host_name(), queues, capabilities, utcnow())

@@ -4,73 +4,21 @@ own redis-server on a free loopback port, stopped and started by the test (never
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests import models
+from tests.faults import OwnRedis, WorkerProcess, wait_for
 from tests.helpers import make_settings, upload
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnRedis:
-    """A redis-server on 127.0.0.1:<port>, no persistence; start() and stop() as often as needed."""
-
-    def __init__(self, workdir: Path):
-        self.port, self.dir, self.proc = _free_port(), workdir, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is required for the broker fault tests")
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            assert self.proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-        self.proc = None
 
 
 @pytest.fixture
 def own_redis(tmp_path):
-    r = OwnRedis(tmp_path)
+    r = OwnRedis(tmp_path / "redis")
     r.start()
     yield r
     r.stop()
-
-
-def wait_for(pred, timeout: float, what: str, logs: list[Path] = ()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    tail = "".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
-    pytest.fail(f"timed out waiting for {what}\n{tail}")
 
 
 def test_a_conversion_requested_while_redis_is_down_runs_when_it_is_back(tmp_path, own_redis, postgres_server_url):
@@ -85,8 +33,7 @@ def test_a_conversion_requested_while_redis_is_down_runs_when_it_is_back(tmp_pat
            "MODELPORT_BROKER_URL": own_redis.url, "MODELPORT_WORKER_STALE_S": "6", "MODELPORT_HEARTBEAT_S": "1"}
     settings = make_settings(tmp_path, **{k[len("MODELPORT_"):].lower(): v for k, v in env.items()})
     onnx = models.onnx_model(tmp_path)[0]
-    worker = None
-    log = tmp_path / "worker.log"
+    worker = WorkerProcess("w", env, tmp_path, queues="cpu")
     # raise_server_exceptions: an exception that escaped the ASGI app would fail the test here
     with TestClient(create_app(settings), raise_server_exceptions=True) as client:
         try:
@@ -112,22 +59,14 @@ def test_a_conversion_requested_while_redis_is_down_runs_when_it_is_back(tmp_pat
             assert again.status_code == 200 and again.json()["id"] == job["id"]
 
             own_redis.start()
-            worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"],
-                                      env={**os.environ, **env, "MODELPORT_DATA_DIR": str(tmp_path / "w")},
-                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                                      start_new_session=True)
+            worker.start()
             done = wait_for(lambda: (j := client.get(f"/v1/jobs/{job['id']}").json())["status"] in
-                            ("succeeded", "failed") and j, 240, "the job to end after Redis came back", [log])
+                            ("succeeded", "failed") and j, 240, "the job to end after Redis came back", [worker])
             assert done["status"] == "succeeded", done
             with client.app.state.db.session() as s:
                 assert repo.dispatch_backlog(s)[0] == 0
         finally:
-            if worker is not None and worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
+            worker.stop()
 
 
 def test_the_relay_sends_what_the_request_could_not(tmp_path, own_redis):

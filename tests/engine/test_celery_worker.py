@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests import models
+from tests.faults import WorkerProcess, wait_for
 from tests.helpers import S3_KEY, S3_SECRET, empty_tables, make_settings, upload
 
 REDIS_URL = os.environ.get("MODELPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -43,41 +42,23 @@ def deployment(tmp_path, postgres_server_url, seaweedfs):
         "MODELPORT_HEARTBEAT_S": "1",
     }
     settings = make_settings(tmp_path, **{k[len("MODELPORT_"):].lower(): v for k, v in env.items()})
-    procs: list[subprocess.Popen] = []
+    workers: list[WorkerProcess] = []  # their logs go with every timeout
 
-    def start_worker(name: str, queues: str = "cpu,intel", **extra) -> subprocess.Popen:
-        log = open(tmp_path / f"worker-{name}.log", "ab")  # noqa: SIM115
-        p = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", queues],
-                             env={**os.environ, **env, **extra, "MODELPORT_DATA_DIR": str(tmp_path / name)},
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(p)
-        return p
+    def start_worker(name: str, queues: str = "cpu,intel", **extra) -> WorkerProcess:
+        workers.append(WorkerProcess(name, {**env, **extra}, tmp_path, queues=queues).start())
+        return workers[-1]
 
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.settings = settings
-        yield client, start_worker, tmp_path
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-
-
-def wait_for(pred, timeout: float, what: str, logs: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    extra = "".join(p.read_text(errors="replace")[-3000:] for p in (logs.glob("worker-*.log") if logs else []))
-    pytest.fail(f"timed out waiting for {what}\n{extra}")
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            client.settings = settings
+            yield client, start_worker, workers
+    finally:
+        for w in workers:
+            w.stop()
 
 
 def test_waits_for_hardware_then_a_worker_runs_it(deployment, tmp_path):
@@ -109,11 +90,11 @@ def test_worker_refuses_queues_it_cannot_serve(tmp_path):
     assert "refusing queue 'gpu'" in out.stderr and "NVIDIA" in out.stderr
 
 
-def _kill_when_running(client, job_id: str, proc: subprocess.Popen, logs: Path) -> dict:
+def _kill_when_running(client, job_id: str, worker: WorkerProcess, logs: list[WorkerProcess]) -> dict:
     wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["steps"][0]["status"] == "running", 180,
              "the step to start running", logs)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    worker.signal(signal.SIGKILL)
+    worker.proc.wait(10)
     return client.get(f"/v1/jobs/{job_id}").json()
 
 

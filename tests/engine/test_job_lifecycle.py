@@ -9,7 +9,7 @@ import pytest
 
 from app.catalog import repo
 from app.catalog.db import Database, upgrade
-from app.catalog.tables import utcnow
+from app.catalog.tables import Worker, utcnow
 from app.pipeline import jobs
 from tests.helpers import make_settings
 
@@ -82,3 +82,35 @@ def test_a_stale_step_of_a_cancelled_job_is_cancelled_by_the_reaper(setup):
     assert jobs.reap(db, d, settings) == []
     with db.session() as s:
         assert repo.get_job(s, job.id).status == "cancelled"
+
+
+def test_an_unclaimed_step_is_sent_again_once_per_period_and_only_where_a_worker_lives(setup):
+    """The broker lost the message (restarted without persistence): the step stays queued with no
+    outbox row. After MODELPORT_REDISPATCH_AFTER_S it is sent again, once per period however many
+    workers sweep, never while no live worker serves its queue, never once it is claimed."""
+    settings, db, d, job = setup
+    step0 = job.steps[0].id
+    assert jobs.redispatch_unclaimed(db, d, settings) == []  # fresh: its first message may still be queued
+    old = utcnow() - dt.timedelta(seconds=settings.redispatch_after_s + 5)
+    with db.session() as s:
+        repo.get_step(s, step0).updated_at = old  # no one has touched it since
+    with db.session() as s:
+        assert repo.get_step(s, step0).updated_at.replace(tzinfo=None) == old.replace(tzinfo=None)
+    assert jobs.redispatch_unclaimed(db, d, settings) == [step0]
+    assert d.sent[-1] == (step0, "cpu")
+    assert jobs.redispatch_unclaimed(db, d, settings) == []  # once per period
+    with db.session() as s:  # two sweepers that read the step at the same time: one of them sends it
+        seen = repo.get_step(s, step0).updated_at
+        assert repo.touch_step(s, step0, seen, utcnow())
+        assert not repo.touch_step(s, step0, seen, utcnow())
+    with db.session() as s:
+        step = repo.get_step(s, step0)
+        assert "its message sent again" in step.log and repo.dispatch_backlog(s)[0] == 0
+        step.updated_at = old
+        s.get(Worker, "w1").heartbeat_at = old  # the only worker serving cpu is gone: the message would only sit there
+    assert jobs.redispatch_unclaimed(db, d, settings) == []
+    jobs.announce(db, "w1", ["cpu"], {})
+    with db.session() as s:
+        assert repo.claim_step(s, step0, "w1", utcnow())
+        repo.get_step(s, step0).updated_at = old
+    assert jobs.redispatch_unclaimed(db, d, settings) == []  # running: the reaper's business, not this
