@@ -65,6 +65,11 @@ class ToCoreMLOptions(EdgeOptions):
     minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
 
 
+class TfToCoreMLOptions(ToCoreMLOptions):
+    max_dim: int = Field(default=1024, ge=1, le=1 << 20, description="the upper bound of every dimension the "
+                         "signature leaves open (None): an ML Program needs one (RangeDim 1..max_dim, default 1)")
+
+
 class TfToOnnxOptions(EdgeOptions):
     opset: int = Field(default=17, ge=13, le=21, description="ONNX opset tf2onnx writes")
 
@@ -176,6 +181,15 @@ EDGES: tuple[Edge, ...] = (
          "fp32", requires=("coremltools", "torch"),
          description="coremltools.convert of the ExportedProgram (ML Program); fp16 / int8 weights / palettized; "
                      "prediction (validation, benchmarks) on the apple queue"),
+    Edge("savedmodel", "coreml", "cpu", "coreml-tf", TfToCoreMLOptions, "app.conversion.edges.coreml_tf:from_savedmodel",
+         "fp32", requires=("coremltools", "tensorflow"),
+         description="coremltools' TensorFlow 2 frontend on the serving signature, in the coreml-tf toolchain "
+                     "(TensorFlow 2.12, the newest coremltools supports); signature names kept, open dims as "
+                     "RangeDims; fp16 / int8 weights / palettized; prediction on the apple queue"),
+    Edge("keras", "savedmodel", "cpu", "tf", NoOptions, "app.conversion.edges.tf_export:keras_to_savedmodel",
+         "fp32", requires=("tensorflow",),
+         description="Keras 3 (.keras, safe_mode) via model.export, or tf_keras (.h5) via tf.saved_model.save; "
+                     "Keras models reach Core ML through it; models with Lambda bytecode refused"),
     Edge("savedmodel", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_savedmodel",
          "fp32", requires=("tf2onnx", "tensorflow"),
          description="tf2onnx of the serving signature (tf.function), names from the signature, dynamic dims kept"),
