@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from app.conversion.base import Edge, EdgeOptions, Precision
+from app.conversion.edges._calibration import PATTERN as CALIBRATION_PATTERN
 from app.conversion.edges._calibration import Calibration
 from app.conversion.edges._calibration import field as calibration_field
 
@@ -111,10 +112,11 @@ class ToTensorRTOptions(EdgeOptions):
         "on TensorRT 11, which dropped the flag, the ONNX is made float16 first and built strongly typed); int8: "
         "explicit quantization: the ONNX is quantized to symmetric INT8 Q/DQ (onnxruntime quantize_static) calibrated "
         "as `calibration` says and built strongly typed; an ONNX that already has Q/DQ nodes is built as it is")
-    calibration: Literal["none", "samples", "synthetic"] = Field(
-        default="none", description="int8: samples = calibrated on the model's uploaded samples; synthetic = on "
-        "generated inputs the model runs on (a warning says accuracy may suffer); none = the ONNX must already be "
-        "quantized (Q/DQ nodes)")
+    calibration: Calibration = Field(
+        default="none", pattern=CALIBRATION_PATTERN, description="int8: samples = calibrated on the model's uploaded "
+        "samples; upload:<id> = on a calibration set uploaded for the model (POST /v1/models/{id}/calibration-sets); "
+        "synthetic = on generated inputs the model runs on (a warning says accuracy may suffer); none = the ONNX must "
+        "already be quantized (Q/DQ nodes)")
     per_channel: bool = Field(default=False, description="int8: per-channel weight scales")
     min_batch: int = Field(default=1, ge=1, le=4096, description="optimisation profile of a dynamic batch (dim 0)")
     opt_batch: int = Field(default=1, ge=1, le=4096, description="the batch TensorRT tunes its kernels for")

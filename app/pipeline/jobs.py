@@ -231,6 +231,8 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
             raise Unprocessable("calibration=samples needs the model's sample inputs: upload them first (PUT "
                                 f"/v1/models/{model_id}/samples, an .npz), or use calibration=synthetic",
                                 code="missing_samples")
+        for o in plan.options:
+            check_calibration_set(s, model_id, o.get("calibration"))
         specs = check_input_specs(plan, model.inspection, input_specs)
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes,
                                hardware=hardware)
@@ -255,6 +257,23 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
     dispatch.send(db, dispatcher, first.id, first.queue)  # after the commit: the row exists before the message
     with db.session() as s:
         return repo.get_job(s, job.id), True
+
+
+CALIBRATION_UPLOAD = "upload:"
+
+
+def check_calibration_set(s, model_id: str, calibration: str | None):
+    """The calibration set an ``upload:<id>`` calibration names (None for other kinds); 422 unless it is one of
+    this model's."""
+    if not (calibration or "").startswith(CALIBRATION_UPLOAD):
+        return None
+    set_id = calibration[len(CALIBRATION_UPLOAD):]
+    cal = repo.get_calibration_set(s, model_id, set_id)
+    if cal is None:
+        raise Unprocessable(f"calibration={calibration}: model {model_id} has no calibration set '{set_id}'; upload "
+                            f"one with POST /v1/models/{model_id}/calibration-sets (an .npz) and use the id it "
+                            "returns", code="unknown_calibration_set", detail={"calibration_set": set_id})
+    return cal
 
 
 def _add_callback(job: Job, callback: dict[str, str] | None) -> None:
@@ -320,6 +339,7 @@ def create_rebuild_job(db, dispatcher: Dispatcher, settings, artifact_id: str, *
         if options.get("calibration") == "samples" and not model.samples_sha256:
             raise Unprocessable("calibration=samples needs the model's sample inputs, which are gone: upload them "
                                 f"again (PUT /v1/models/{model.id}/samples)", code="missing_samples")
+        check_calibration_set(s, model.id, options.get("calibration"))
         plan = planner.Plan(model.format, art.format, [edge], [options])
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=None,
                                via=(parent.format,) if parent is not None else ())
@@ -427,7 +447,7 @@ class StepInputs:
     io_hints: list[dict[str, Any]] = field(default_factory=list)  # the upload's inputs, for runtimes that lack them
     reference: FileSet | None = None
     reference_id: str | None = None  # "model:<id>" or "artifact:<id>"
-    samples: str | None = None  # sha256 of the model's sample inputs (.npz)
+    samples: str | None = None  # sha256 of the model's sample inputs (.npz); a conversion's: its calibration set
 
 
 @dataclass
@@ -467,8 +487,12 @@ def _gather(s, job: Job, step: JobStep) -> StepInputs:
         else:
             src = model
         out = StepInputs(FileSet.of(src), parent=None if src is model else src.id)
-        if (step.options or {}).get("calibration") == "samples":  # static INT8 calibrated on them
+        calibration = (step.options or {}).get("calibration") or ""
+        if calibration == "samples":  # static INT8 calibrated on them
             out.samples = model.samples_sha256
+        elif calibration.startswith(CALIBRATION_UPLOAD):  # ... or on a calibration set uploaded for the model
+            cal = repo.get_calibration_set(s, model.id, calibration[len(CALIBRATION_UPLOAD):])
+            out.samples = cal.sha256 if cal is not None else None
         return out
     hints = model.inspection.get("inputs") or []
     if not converts:  # a benchmark of an existing artifact
