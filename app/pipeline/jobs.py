@@ -236,10 +236,15 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
         specs = check_input_specs(plan, model.inspection, input_specs)
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes,
                                hardware=hardware)
-        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
+        # try_fixes is what to do after a failed validation, not what is made: the same conversion asked for
+        # with and without it (report-all asks with it) is one job
+        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, _without_try_fixes(steps)])
+                             .encode()).hexdigest()
         existing = repo.job_by_active_key(s, key)
         if existing is not None:
             _add_callback(existing, callback)
+            if try_fixes:
+                _add_try_fixes(existing)
             return existing, False
         first_status = "queued" if steps[0][2] in live else "waiting_for_hardware"
         job = Job(model_id=model_id, target=target, options=options or {}, input_specs=specs, request_key=key,
@@ -274,6 +279,19 @@ def check_calibration_set(s, model_id: str, calibration: str | None):
                             f"one with POST /v1/models/{model_id}/calibration-sets (an .npz) and use the id it "
                             "returns", code="unknown_calibration_set", detail={"calibration_set": set_id})
     return cal
+
+
+def _without_try_fixes(steps: list[tuple[str, str, str, dict[str, Any]]]) -> list:
+    return [(kind, name, queue, {k: v for k, v in o.items() if k != "try_fixes"}) for kind, name, queue, o in steps]
+
+
+def _add_try_fixes(job: Job) -> None:
+    """The same conversion asked for again with try_fixes: its final validation, when it has not started
+    yet, requests the suggested fix too."""
+    last = max((st for st in job.steps if st.kind == "validate"), key=lambda st: st.index, default=None)
+    if last is not None and last.status in ("pending", "queued", "waiting_for_hardware") \
+            and not (last.options or {}).get("try_fixes"):
+        last.options = {**(last.options or {}), "try_fixes": True}
 
 
 def _add_callback(job: Job, callback: dict[str, str] | None) -> None:
