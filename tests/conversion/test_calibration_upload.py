@@ -101,8 +101,8 @@ def test_calibration_sets_are_checked_like_samples(client, tmp_path):
 @pytest.mark.parametrize("target", ["onnx", "openvino", "tflite"])
 def test_static_int8_is_calibrated_on_the_uploaded_set(client, tmp_path, target):
     from tests import models
-    from tests.helpers import upload
     from tests.conversion.test_shapes_and_mixed_precision import _quantized_activations
+    from tests.helpers import upload
 
     c = client
     m = upload(c, models.onnx_classifier(tmp_path))
