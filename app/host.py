@@ -52,7 +52,14 @@ def queues() -> list[str]:
     from app.conversion import registry
 
     return sorted(set(HARDWARE_NEEDS) | {e.queue for e in registry.edges()}
-                  | {rt.queue for rt in runners.runtimes().values()})
+                  | {rt.queue for rt in runners.runtimes().values()} | set(_shared_queues()))
+
+
+def _shared_queues() -> dict[str, tuple[str, str]]:
+    """Queues of checks that run in another toolchain that has a runtime too (``also_in``): queue ->
+    (hardware, toolchain); e.g. ``apple.coreml-tf``, where a Mac validates a SavedModel's Core ML artifact."""
+    return {f"{rt.hardware}.{t}": (rt.hardware, t) for rt in runners.runtimes().values() for t in rt.also_in
+            if t != "main"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,6 +326,11 @@ def servable_queues(settings) -> dict[str, str]:
                 why = f"needs Python packages {', '.join(missing)}"
         if edge.queue not in result or not why:
             result[edge.queue] = why
+    for queue, (hw_name, chain) in _shared_queues().items():
+        why = (HARDWARE_NEEDS[hw_name] if hw_name not in hw
+               else "" if chain in chains else f"needs the '{chain}' toolchain (MODELPORT_TOOLCHAINS)")
+        if queue not in result or not why:
+            result[queue] = why
     return result
 
 

@@ -123,6 +123,18 @@ def tf_python() -> str:
     return str(py)
 
 
+@pytest.fixture(scope="session")
+def coreml_tf_python() -> str:
+    """The coreml-tf toolchain's interpreter (TensorFlow 2.12 + coremltools: ``MODELPORT_COREML_TF_PYTHON`` or
+    ``.venv-coreml-tf/bin/python``, made by scripts/setup-coreml-tf-toolchain, which ./scripts/test runs);
+    tests of the SavedModel / Keras -> Core ML edges skip, saying so, without it."""
+    py = Path(os.environ.get("MODELPORT_COREML_TF_PYTHON") or REPO / ".venv-coreml-tf" / "bin" / "python")
+    if not py.exists():
+        pytest.skip(f"coreml-tf toolchain interpreter {py} not found: run scripts/setup-coreml-tf-toolchain (or set "
+                    "MODELPORT_COREML_TF_PYTHON) to test the SavedModel / Keras -> Core ML edges")
+    return str(py)
+
+
 REPO = Path(__file__).resolve().parents[1]
 MAKE_MODELS = REPO / "tests" / "formats" / "tf_make_models.py"
 

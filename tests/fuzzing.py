@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ the API: schemathesis
 
-SLOW_OPERATIONS = {"POST /v1/models": 4, "PUT /v1/models/{model_id}/samples": 6}  # inspection child / an npz each
+SLOW_OPERATIONS = {"POST /v1/models": 4, "PUT /v1/models/{model_id}/samples": 6,
+                   "POST /v1/models/{model_id}/calibration-sets": 6}  # inspection child / an npz each
 
 
 def serve(settings):

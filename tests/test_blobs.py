@@ -182,3 +182,24 @@ def test_replaced_samples_are_released(client, tmp_path):
     assert blobs.sweep(client.app.state.db, client.app.state.store, 0) == [shas[0]]
     assert pending(client) == []
     assert client.app.state.store.exists(blob_key(shas[1]))
+
+
+def test_calibration_sets_keep_their_bytes_until_their_model_goes(client, tmp_path):
+    import io
+
+    import numpy as np
+
+    from tests import models
+
+    db, store = client.app.state.db, client.app.state.store
+    m = upload(client, models.onnx_classifier(tmp_path).read_bytes(), name="m.onnx").json()
+    buf = io.BytesIO()
+    np.savez(buf, x=np.random.default_rng(4).standard_normal((6, 32)).astype(np.float32))
+    r = client.post(f"/v1/models/{m['id']}/calibration-sets", content=buf.getvalue())
+    assert r.status_code == 201, r.text
+    sha = r.json()["sha256"]
+    assert pending(client) == [] and store.exists(blob_key(sha))
+    assert blobs.sweep(db, store, 0) == [] and store.exists(blob_key(sha))  # referenced: kept
+    assert client.delete(f"/v1/models/{m['id']}").status_code == 204
+    assert sha in pending(client)
+    assert sha in blobs.sweep(db, store, 0) and not store.exists(blob_key(sha))

@@ -57,7 +57,10 @@ def test_three_targets_and_the_gpu_worker_is_the_default():
     stages = _stages()
     assert list(stages) == ["cpu", "tf", "gpu"]  # the last stage is what a plain `docker build` makes
     cmd = {name: next(c.value for c in reversed(cmds) if c.cmd.upper() == "CMD") for name, cmds in stages.items()}
-    assert cmd["cpu"][:2] == ("modelport", "serve") and cmd["tf"] == ("modelport", "worker", "--queues", "cpu.tf")
+    assert cmd["cpu"][:2] == ("modelport", "serve") and cmd["tf"] == ("modelport", "worker", "--queues",
+                                                                                "cpu.tf,cpu.coreml-tf")
+    tf_runs = _runs(stages["tf"])  # both toolchains, made by the scripts development uses
+    assert "./scripts/setup-tf-toolchain" in tf_runs and "./scripts/setup-coreml-tf-toolchain" in tf_runs
     assert cmd["gpu"] == ("modelport", "worker", "--queues", "gpu")
 
 

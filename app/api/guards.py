@@ -24,8 +24,9 @@ from urllib.parse import unquote_to_bytes
 
 from app.errors import ModelportError
 
-# routes whose bodies are not small JSON documents: uploads, samples and inference have their own limits
-_BULK_SUFFIXES = ("/samples", "/predict", "/infer")
+# routes whose bodies are not small JSON documents: uploads, samples, calibration sets and inference have their own
+# limits
+_BULK_SUFFIXES = ("/samples", "/calibration-sets", "/predict", "/infer")
 
 
 class RequestTimeout(ModelportError):
@@ -72,7 +73,8 @@ class RequestGuard:
         method, path = scope["method"], scope["path"]
         if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):
             buckets, what = self.inference, "inference requests (MODELPORT_RATE_LIMIT_INFERENCE_PER_SECOND)"
-        elif (method == "POST" and path.rstrip("/") == "/v1/models") or (method == "PUT" and path.endswith("/samples")):
+        elif (method == "POST" and path.rstrip("/") == "/v1/models") or (method == "PUT" and path.endswith("/samples")) \
+                or (method == "POST" and path.rstrip("/").endswith("/calibration-sets")):
             buckets, what = self.uploads, "uploads (MODELPORT_RATE_LIMIT_UPLOADS_PER_MINUTE)"
         else:
             return None

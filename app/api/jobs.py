@@ -252,6 +252,32 @@ async def upload_samples(model: ModelDep, request: Request, db: DatabaseDep, sto
         path.unlink(missing_ok=True)
 
 
+@router.post("/v1/models/{model_id}/calibration-sets", status_code=201, openapi_extra=NPZ_BODY)
+async def upload_calibration_set(model: ModelDep, request: Request, db: DatabaseDep, store: StoreDep,
+                                 settings: SettingsDep):
+    """A calibration set for static INT8: an .npz (no pickles) with, for every model input, an array whose first
+    axis holds the calibration rows (checked like samples: members, sizes, shapes, dtypes). Convert with
+    ``{"precision": "int8", "calibration": "upload:<id>"}`` (ONNX static QDQ, OpenVINO nncf.quantize, TFLite
+    full-integer, TensorRT INT8); the model's samples stay what validation compares on."""
+    from app.api.upload_stream import spool
+    from app.ingest import samples
+
+    path, sha = await spool(request, settings, limit=samples.MAX_BYTES, what="calibration sets", suffix=".npz")
+    try:
+        return await anyio.to_thread.run_sync(samples.attach_calibration, db, store, model.id, path, sha,
+                                              model.inspection)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@router.get("/v1/models/{model_id}/calibration-sets")
+def list_calibration_sets(model: ModelDep, db: DatabaseDep):
+    from app.ingest import samples
+
+    with db.session() as s:
+        return {"items": [samples.calibration_out(c) for c in repo.calibration_sets(s, model.id)]}
+
+
 @router.get("/v1/models/{model_id}/example-inputs")
 async def example_inputs(model: ModelDep, store: StoreDep, settings: SettingsDep):
     """Inputs to try a prediction with, as the JSON ``POST /v1/deployments/{name}/predict`` takes:

@@ -13,6 +13,7 @@ from app.catalog.tables import (
     Artifact,
     ArtifactFile,
     Benchmark,
+    CalibrationSet,
     CallbackDelivery,
     Deployment,
     EndpointBenchmark,
@@ -62,6 +63,7 @@ def add_model(s: Session, *, files: list[dict[str, Any]], **fields: Any) -> Mode
 def model_digests(s: Session, model: Model) -> set[str]:
     """Every blob digest a model holds: its files, its sample inputs, its artifacts' files."""
     shas = {f.sha256 for f in model.files} | ({model.samples_sha256} if model.samples_sha256 else set())
+    shas |= {c.sha256 for c in calibration_sets(s, model.id)}
     for art in list_artifacts(s, model.id):
         shas |= {f.sha256 for f in art.files}
     return shas
@@ -73,6 +75,8 @@ def delete_model(s: Session, model: Model) -> list[str]:
     shas = model_digests(s, model)
     for art in list_artifacts(s, model.id):
         s.delete(art)
+    for cal in calibration_sets(s, model.id):
+        s.delete(cal)
     s.flush()
     s.delete(model)
     s.flush()
@@ -83,7 +87,26 @@ def blob_referenced(s: Session, sha256: str) -> bool:
     in_models = s.scalar(select(func.count()).select_from(ModelFile).where(ModelFile.sha256 == sha256))
     in_artifacts = s.scalar(select(func.count()).select_from(ArtifactFile).where(ArtifactFile.sha256 == sha256))
     as_samples = s.scalar(select(func.count()).select_from(Model).where(Model.samples_sha256 == sha256))
-    return (in_models or 0) + (in_artifacts or 0) + (as_samples or 0) > 0
+    as_calibration = s.scalar(select(func.count()).select_from(CalibrationSet).where(CalibrationSet.sha256 == sha256))
+    return (in_models or 0) + (in_artifacts or 0) + (as_samples or 0) + (as_calibration or 0) > 0
+
+
+def add_calibration_set(s: Session, model_id: str, sha256: str, size_bytes: int, rows: int,
+                        inputs: dict[str, Any]) -> CalibrationSet:
+    cal = CalibrationSet(model_id=model_id, sha256=sha256, size_bytes=size_bytes, rows=rows, inputs=inputs)
+    s.add(cal)
+    s.flush()
+    return cal
+
+
+def calibration_sets(s: Session, model_id: str) -> list[CalibrationSet]:
+    return list(s.scalars(select(CalibrationSet).where(CalibrationSet.model_id == model_id)
+                          .order_by(CalibrationSet.created_at)))
+
+
+def get_calibration_set(s: Session, model_id: str, set_id: str) -> CalibrationSet | None:
+    cal = s.get(CalibrationSet, set_id)
+    return cal if cal is not None and cal.model_id == model_id else None
 
 
 # ----------------------------------------------------------------------------- jobs and steps

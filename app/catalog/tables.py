@@ -110,6 +110,21 @@ class Model(TimestampMixin, Base):
     )
 
 
+class CalibrationSet(Base):
+    """An ``.npz`` of calibration inputs uploaded for a model (``POST /v1/models/{id}/calibration-sets``),
+    which a static INT8 conversion names with ``"calibration": "upload:<id>"``; kept as a blob."""
+
+    __tablename__ = "calibration_sets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    rows: Mapped[int] = mapped_column(Integer, nullable=False)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
 class ModelFile(Base):
     """One file of a model, stored under its sha256 in the object store."""
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from app.conversion.base import Edge, EdgeOptions, Precision
+from app.conversion.edges._calibration import PATTERN as CALIBRATION_PATTERN
 from app.conversion.edges._calibration import Calibration
 from app.conversion.edges._calibration import field as calibration_field
 
@@ -65,6 +66,11 @@ class ToCoreMLOptions(EdgeOptions):
     minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
 
 
+class TfToCoreMLOptions(ToCoreMLOptions):
+    max_dim: int = Field(default=1024, ge=1, le=1 << 20, description="the upper bound of every dimension the "
+                         "signature leaves open (None): an ML Program needs one (RangeDim 1..max_dim, default 1)")
+
+
 class TfToOnnxOptions(EdgeOptions):
     opset: int = Field(default=17, ge=13, le=21, description="ONNX opset tf2onnx writes")
 
@@ -106,10 +112,11 @@ class ToTensorRTOptions(EdgeOptions):
         "on TensorRT 11, which dropped the flag, the ONNX is made float16 first and built strongly typed); int8: "
         "explicit quantization: the ONNX is quantized to symmetric INT8 Q/DQ (onnxruntime quantize_static) calibrated "
         "as `calibration` says and built strongly typed; an ONNX that already has Q/DQ nodes is built as it is")
-    calibration: Literal["none", "samples", "synthetic"] = Field(
-        default="none", description="int8: samples = calibrated on the model's uploaded samples; synthetic = on "
-        "generated inputs the model runs on (a warning says accuracy may suffer); none = the ONNX must already be "
-        "quantized (Q/DQ nodes)")
+    calibration: Calibration = Field(
+        default="none", pattern=CALIBRATION_PATTERN, description="int8: samples = calibrated on the model's uploaded "
+        "samples; upload:<id> = on a calibration set uploaded for the model (POST /v1/models/{id}/calibration-sets); "
+        "synthetic = on generated inputs the model runs on (a warning says accuracy may suffer); none = the ONNX must "
+        "already be quantized (Q/DQ nodes)")
     per_channel: bool = Field(default=False, description="int8: per-channel weight scales")
     min_batch: int = Field(default=1, ge=1, le=4096, description="optimisation profile of a dynamic batch (dim 0)")
     opt_batch: int = Field(default=1, ge=1, le=4096, description="the batch TensorRT tunes its kernels for")
@@ -176,6 +183,15 @@ EDGES: tuple[Edge, ...] = (
          "fp32", requires=("coremltools", "torch"),
          description="coremltools.convert of the ExportedProgram (ML Program); fp16 / int8 weights / palettized; "
                      "prediction (validation, benchmarks) on the apple queue"),
+    Edge("savedmodel", "coreml", "cpu", "coreml-tf", TfToCoreMLOptions, "app.conversion.edges.coreml_tf:from_savedmodel",
+         "fp32", requires=("coremltools", "tensorflow"),
+         description="coremltools' TensorFlow 2 frontend on the serving signature, in the coreml-tf toolchain "
+                     "(TensorFlow 2.12, the newest coremltools supports); signature names kept, open dims as "
+                     "RangeDims; fp16 / int8 weights / palettized; prediction on the apple queue"),
+    Edge("keras", "savedmodel", "cpu", "tf", NoOptions, "app.conversion.edges.tf_export:keras_to_savedmodel",
+         "fp32", requires=("tensorflow",),
+         description="Keras 3 (.keras, safe_mode) via model.export, or tf_keras (.h5) via tf.saved_model.save; "
+                     "Keras models reach Core ML through it; models with Lambda bytecode refused"),
     Edge("savedmodel", "onnx", "cpu", "tf", TfToOnnxOptions, "app.conversion.edges.tf_onnx:from_savedmodel",
          "fp32", requires=("tf2onnx", "tensorflow"),
          description="tf2onnx of the serving signature (tf.function), names from the signature, dynamic dims kept"),

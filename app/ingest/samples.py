@@ -39,6 +39,44 @@ def attach(db, store, model_id: str, path: Path, sha: str, inspection: dict[str,
     return {"model_id": model_id, "samples_sha256": sha, "inputs": names}
 
 
+def attach_calibration(db, store, model_id: str, path: Path, sha: str, inspection: dict[str, Any]) -> dict[str, Any]:
+    """Check ``path`` (an .npz with, for every model input, rows of calibration inputs along the first axis) the
+    way samples are checked, store it under its digest and record it as a calibration set of the model. Blocking;
+    ``path`` is consumed. A static INT8 conversion names it with ``"calibration": "upload:<id>"``."""
+    arrays = check_npz(path, inspection, code="bad_calibration")
+    names = [i["name"] for i in (inspection.get("inputs") or [])] or list(arrays)
+    ranks = {n: arrays[n][1] for n in names if n in arrays}
+    flat = [n for n, shape in ranks.items() if not shape]
+    if flat:
+        raise BadRequest(f"calibration arrays need a first axis of rows (one calibration input each); "
+                         f"{', '.join(flat)} {'is a scalar' if len(flat) == 1 else 'are scalars'}", code="bad_calibration")
+    rows = min(shape[0] for shape in ranks.values())
+    if rows < 1:
+        raise BadRequest("the calibration set holds no rows (the first axis is 0)", code="bad_calibration")
+    size = path.stat().st_size
+    blobs.claim(db, [sha])
+    try:
+        store.put_file(blob_key(sha), path, move=True)
+    except Exception:
+        with db.session() as s:
+            blobs.release(s, [sha])
+        raise
+    with db.session() as s:
+        if repo.get_model(s, model_id) is None:
+            blobs.release(s, [sha])
+            s.commit()
+            raise NotFound(f"model '{model_id}' was deleted", code="model_not_found")
+        cal = repo.add_calibration_set(s, model_id, sha, size, rows, arrays)
+        return calibration_out(cal)
+
+
+def calibration_out(cal) -> dict[str, Any]:
+    return {"id": cal.id, "model_id": cal.model_id, "sha256": cal.sha256, "size_bytes": cal.size_bytes,
+            "rows": cal.rows, "inputs": {k: {"dtype": v[0], "shape": v[1]} for k, v in (cal.inputs or {}).items()},
+            "created_at": cal.created_at.isoformat() if cal.created_at else None,
+            "use": {"precision": "int8", "calibration": f"upload:{cal.id}"}}
+
+
 MAX_MEMBERS = 256
 MAX_UNPACKED = 4 * 1024**3
 """An .npz of samples: at most this many arrays and this many bytes unpacked (declared sizes, which
@@ -46,7 +84,7 @@ are also all zipfile inflates). Only the arrays' headers are parsed in the API p
 streamed through once, in pieces, to check it is whole."""
 
 
-def check_npz(path: Path, inspection: dict[str, Any]) -> dict[str, Any]:
+def check_npz(path: Path, inspection: dict[str, Any], code: str = "bad_samples") -> dict[str, Any]:
     """``{name: (dtype, shape)}`` of the arrays; 400 unless it is a plain ``.npz`` holding, for every
     model input, an array of its rank, fixed dims and a compatible dtype. Budgets (members, bytes)
     are checked before anything is inflated."""
@@ -70,18 +108,18 @@ def check_npz(path: Path, inspection: dict[str, Any]) -> dict[str, Any]:
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 arrays[key] = _read_member(zf, info, key)
     except OverBudget as e:
-        raise BadRequest(str(e), code="bad_samples") from None
+        raise BadRequest(str(e), code=code) from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as e:
         raise BadRequest(f"sample inputs must be an .npz of plain arrays (no pickles): {e}",
-                         code="bad_samples") from None
+                         code=code) from None
     if not arrays:
-        raise BadRequest("the .npz holds no arrays", code="bad_samples")
+        raise BadRequest("the .npz holds no arrays", code=code)
     wanted = [i["name"] for i in (inspection.get("inputs") or [])]
     missing = [n for n in wanted if n not in arrays]
     if wanted and missing:
         raise BadRequest(f"the .npz lacks arrays for inputs {', '.join(missing)}; it has {', '.join(arrays)}",
-                         code="bad_samples", detail={"missing": missing})
-    _check_shapes(arrays, inspection)
+                         code=code, detail={"missing": missing})
+    _check_shapes(arrays, inspection, code)
     return {k: (str(dt), list(shape)) for k, (dt, shape) in arrays.items()}
 
 
@@ -113,7 +151,7 @@ def _read_member(zf, info, key: str):
     return np.dtype(dtype), tuple(shape)
 
 
-def _check_shapes(arrays: dict[str, Any], inspection: dict[str, Any]) -> None:
+def _check_shapes(arrays: dict[str, Any], inspection: dict[str, Any], code: str = "bad_samples") -> None:
     """Every array that feeds a model input must fit it (rank, fixed dims, dtype): the same rule
     validation applies later (``app.runners.inputs.check_sample``), applied now."""
     from app.runners.base import IOSpec
@@ -131,4 +169,4 @@ def _check_shapes(arrays: dict[str, Any], inspection: dict[str, Any]) -> None:
         try:
             check_sample(IOSpec(spec["name"], want, spec.get("shape")), shape, dtype)
         except (ValueError, TypeError) as e:
-            raise BadRequest(str(e), code="bad_samples", detail={"input": spec["name"]}) from None
+            raise BadRequest(str(e), code=code, detail={"input": spec["name"]}) from None

@@ -231,13 +231,20 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
             raise Unprocessable("calibration=samples needs the model's sample inputs: upload them first (PUT "
                                 f"/v1/models/{model_id}/samples, an .npz), or use calibration=synthetic",
                                 code="missing_samples")
+        for o in plan.options:
+            check_calibration_set(s, model_id, o.get("calibration"))
         specs = check_input_specs(plan, model.inspection, input_specs)
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=tolerance, try_fixes=try_fixes,
                                hardware=hardware)
-        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, steps]).encode()).hexdigest()
+        # try_fixes is what to do after a failed validation, not what is made: the same conversion asked for
+        # with and without it (report-all asks with it) is one job
+        key = hashlib.sha256(_canonical([model_id, target, plan.options, specs, _without_try_fixes(steps)])
+                             .encode()).hexdigest()
         existing = repo.job_by_active_key(s, key)
         if existing is not None:
             _add_callback(existing, callback)
+            if try_fixes:
+                _add_try_fixes(existing)
             return existing, False
         first_status = "queued" if steps[0][2] in live else "waiting_for_hardware"
         job = Job(model_id=model_id, target=target, options=options or {}, input_specs=specs, request_key=key,
@@ -255,6 +262,36 @@ def create_job(db, dispatcher: Dispatcher, settings, model_id: str, target: str,
     dispatch.send(db, dispatcher, first.id, first.queue)  # after the commit: the row exists before the message
     with db.session() as s:
         return repo.get_job(s, job.id), True
+
+
+CALIBRATION_UPLOAD = "upload:"
+
+
+def check_calibration_set(s, model_id: str, calibration: str | None):
+    """The calibration set an ``upload:<id>`` calibration names (None for other kinds); 422 unless it is one of
+    this model's."""
+    if not (calibration or "").startswith(CALIBRATION_UPLOAD):
+        return None
+    set_id = calibration[len(CALIBRATION_UPLOAD):]
+    cal = repo.get_calibration_set(s, model_id, set_id)
+    if cal is None:
+        raise Unprocessable(f"calibration={calibration}: model {model_id} has no calibration set '{set_id}'; upload "
+                            f"one with POST /v1/models/{model_id}/calibration-sets (an .npz) and use the id it "
+                            "returns", code="unknown_calibration_set", detail={"calibration_set": set_id})
+    return cal
+
+
+def _without_try_fixes(steps: list[tuple[str, str, str, dict[str, Any]]]) -> list:
+    return [(kind, name, queue, {k: v for k, v in o.items() if k != "try_fixes"}) for kind, name, queue, o in steps]
+
+
+def _add_try_fixes(job: Job) -> None:
+    """The same conversion asked for again with try_fixes: its final validation, when it has not started
+    yet, requests the suggested fix too."""
+    last = max((st for st in job.steps if st.kind == "validate"), key=lambda st: st.index, default=None)
+    if last is not None and last.status in ("pending", "queued", "waiting_for_hardware") \
+            and not (last.options or {}).get("try_fixes"):
+        last.options = {**(last.options or {}), "try_fixes": True}
 
 
 def _add_callback(job: Job, callback: dict[str, str] | None) -> None:
@@ -320,6 +357,7 @@ def create_rebuild_job(db, dispatcher: Dispatcher, settings, artifact_id: str, *
         if options.get("calibration") == "samples" and not model.samples_sha256:
             raise Unprocessable("calibration=samples needs the model's sample inputs, which are gone: upload them "
                                 f"again (PUT /v1/models/{model.id}/samples)", code="missing_samples")
+        check_calibration_set(s, model.id, options.get("calibration"))
         plan = planner.Plan(model.format, art.format, [edge], [options])
         steps = pipeline_steps(plan, validate=validate, benchmark=bench, tolerance=None,
                                via=(parent.format,) if parent is not None else ())
@@ -427,7 +465,7 @@ class StepInputs:
     io_hints: list[dict[str, Any]] = field(default_factory=list)  # the upload's inputs, for runtimes that lack them
     reference: FileSet | None = None
     reference_id: str | None = None  # "model:<id>" or "artifact:<id>"
-    samples: str | None = None  # sha256 of the model's sample inputs (.npz)
+    samples: str | None = None  # sha256 of the model's sample inputs (.npz); a conversion's: its calibration set
 
 
 @dataclass
@@ -467,8 +505,12 @@ def _gather(s, job: Job, step: JobStep) -> StepInputs:
         else:
             src = model
         out = StepInputs(FileSet.of(src), parent=None if src is model else src.id)
-        if (step.options or {}).get("calibration") == "samples":  # static INT8 calibrated on them
+        calibration = (step.options or {}).get("calibration") or ""
+        if calibration == "samples":  # static INT8 calibrated on them
             out.samples = model.samples_sha256
+        elif calibration.startswith(CALIBRATION_UPLOAD):  # ... or on a calibration set uploaded for the model
+            cal = repo.get_calibration_set(s, model.id, calibration[len(CALIBRATION_UPLOAD):])
+            out.samples = cal.sha256 if cal is not None else None
         return out
     hints = model.inspection.get("inputs") or []
     if not converts:  # a benchmark of an existing artifact

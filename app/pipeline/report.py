@@ -242,10 +242,12 @@ def _already_reduced(inspection: dict[str, Any] | None) -> str | None:
     return None
 
 
-def reachable_targets(source: str, inspection: dict[str, Any] | None = None
+def reachable_targets(source: str, inspection: dict[str, Any] | None = None, *, has_samples: bool = False
                       ) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
     """Every target the planner can reach from ``source``, plus the precision variants worth
-    comparing; and the variants not offered for this model, with why."""
+    comparing (a calibrated, static INT8 one wherever the route's edge can calibrate: on the model's
+    samples when it has them, else on generated inputs, which the artifact warns about); and the
+    variants not offered for this model, with why. No (target, options) twice."""
     from app.conversion import planner, registry
     from app.errors import Unprocessable
 
@@ -260,12 +262,22 @@ def reachable_targets(source: str, inspection: dict[str, Any] | None = None
         if target != source:  # the same format: only its precision variants (the ONNX transform edge)
             out.append((target, {}))
         variants = sorted({v for e in registry.edges() if e.target == target for v in e.report_variants})
-        for precision in variants:
+        offers = [{"precision": p} for p in variants]
+        calibrated = {"precision": "int8", "calibration": "samples" if has_samples else "synthetic"}
+        try:
+            planner.plan(source, target, calibrated)  # refused where no edge of the route calibrates
+            offers.append(calibrated)
+        except Unprocessable:
+            pass
+        for options in offers:
+            if (target, options) in out:
+                continue
             if reduced:
-                skipped.append({"target": target, "options": {"precision": precision},
-                                "reason": f"not offered: {reduced}, so {precision} compression means nothing"})
+                what = "calibrated int8" if options.get("calibration") else options["precision"]
+                skipped.append({"target": target, "options": options,
+                                "reason": f"not offered: {reduced}, so {what} compression means nothing"})
             else:
-                out.append((target, {"precision": precision}))
+                out.append((target, options))
     return out, skipped
 
 
@@ -280,10 +292,10 @@ def request_all(db, dispatcher, settings, model_id: str, *, input_specs: dict[st
 
     with db.session() as s:
         model = repo.get_model(s, model_id)
-        source, inspection = model.format, model.inspection
+        source, inspection, has_samples = model.format, model.inspection, bool(model.samples_sha256)
         live = jobs.live_queues(s, settings)
     made = []
-    targets, skipped = reachable_targets(source, inspection)
+    targets, skipped = reachable_targets(source, inspection, has_samples=has_samples)
     for target, options in targets:
         steps = jobs.pipeline_steps(planner.plan(source, target, options), validate=True,
                                     benchmark=jobs.check_benchmark(benchmark), tolerance=None)

@@ -81,6 +81,12 @@ def check_placement(candidate: str, reference: str | None = None, hardware: str 
     upload is the reference of its TFLite artifact: both run under the TF toolchain, whose LiteRT
     runs TFLite too); otherwise the candidate's hardware does (``hardware``, where the candidate's
     format has a runtime for it: ONNX on ``gpu`` runs on ONNX Runtime's CUDA provider)."""
+    a, b = runtime_of(candidate), runtime_of(reference) if reference is not None else None
+    if a is not None and b is not None and not _home_shared(a, b) and a.toolchains & b.toolchains:
+        # neither's own interpreter has the other, a third one has both: there, on the candidate's hardware
+        # (a Core ML artifact of a SavedModel: coremltools and TensorFlow 2.12, the coreml-tf toolchain, on a Mac)
+        t = sorted(a.toolchains & b.toolchains)[0]
+        return (a.hardware if t == "main" else f"{a.hardware}.{t}"), t
     for fmt in (reference, candidate):
         if fmt is not None and toolchain_for(fmt) != "main":
             return queue_for(fmt), toolchain_for(fmt)
@@ -94,7 +100,15 @@ def together(candidate: str, reference: str) -> bool:
     a, b = runtime_of(candidate), runtime_of(reference)
     if a is None or b is None:
         return True  # weights only on either side: compared as tensors, no runtime
-    return bool(a.toolchains & b.toolchains)
+    return _home_shared(a, b)
+
+
+def _home_shared(a: Runtime, b: Runtime) -> bool:
+    """Whether one runtime's own interpreter has the other too. A third toolchain that has both (coreml-tf:
+    Core ML and TensorFlow 2.12) does not make an upload the reference: it runs SavedModels, not every
+    TensorFlow model (Keras 3 files need TensorFlow 2.16+), so a Keras model's Core ML artifact is proven
+    against the SavedModel made on the way."""
+    return a.toolchain in b.toolchains or b.toolchain in a.toolchains
 
 
 def runtimes() -> dict[str, Runtime]:

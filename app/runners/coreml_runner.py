@@ -15,7 +15,8 @@ import numpy as np
 
 from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
 
-RUNTIME = Runtime("coreml", module="coremltools", hardware="apple", packages=("coremltools",))
+RUNTIME = Runtime("coreml", module="coremltools", hardware="apple", packages=("coremltools",),
+                  also_in=("coreml-tf",))  # TensorFlow 2.12 + coremltools: a Mac validates TF -> Core ML there
 
 # Core ML ArrayFeatureType.ArrayDataType
 _ARRAY_TYPES = {65568: "float32", 65600: "float64", 65552: "float16", 131104: "int32", 131080: "int8"}

@@ -21,7 +21,8 @@ import numpy as np
 
 from app.runners.base import IOSpec, Runner, RunnerInfo, RunnerUnavailable, Runtime
 
-RUNTIME = Runtime("tensorflow", module="tensorflow", hardware="cpu", toolchain="tf", packages=("tensorflow", "tf_keras", "keras"))
+RUNTIME = Runtime("tensorflow", module="tensorflow", hardware="cpu", toolchain="tf", packages=("tensorflow", "tf_keras", "keras"),
+                  also_in=("coreml-tf",))  # TensorFlow 2.12 there runs SavedModels and tf_keras .h5 (not Keras 3)
 
 
 def _tf():

@@ -94,7 +94,7 @@ def test_two_step_route_keeps_lineage(embedded_client, files):
 def test_bad_requests_are_clear_4xx(embedded_client, files):
     m = upload(embedded_client, files["ts"])
     cases = [
-        (convert(embedded_client, m["id"], "savedmodel"), 422, "unknown_target"),
+        (convert(embedded_client, m["id"], "caffe"), 422, "unknown_target"),
         (convert(embedded_client, upload(embedded_client, files["ckpt"])["id"], "onnx"), 422, "no_route"),
         (convert(embedded_client, m["id"], "openvino", options={"bogus": 1},
                  input_specs={"x": {"shape": [2, 8]}}), 422, "invalid_options"),

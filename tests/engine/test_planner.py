@@ -32,12 +32,13 @@ def test_defaults_are_filled_and_never_silently_changed():
 
 
 @pytest.mark.parametrize("source,target,options,code,needle", [
-    ("onnx", "savedmodel", {}, "unknown_target", "convertible targets"),  # nothing converts to a SavedModel
+    ("onnx", "caffe", {}, "unknown_target", "convertible targets"),  # nothing converts to Caffe
+    ("onnx", "savedmodel", {}, "no_route", "from onnx modelport can reach"),  # a SavedModel only from Keras
     ("onnx", "tensorrt", {"precision": "fp16", "calibration": "samples"}, "invalid_options", "precision=int8 only"),
     ("onnx", "tensorrt", {"min_batch": 8, "max_batch": 4}, "invalid_options", "min_batch <= opt_batch <= max_batch"),
     ("onnx", "tensorrt", {"shapes": {"x": {"min": [4], "opt": [2], "max": [8]}}}, "invalid_options",
      "1 <= min <= opt <= max"),
-    ("onnx", "coreml", {}, "no_route", "from onnx modelport can reach"),  # Core ML only from torch.export
+    ("onnx", "coreml", {}, "no_route", "from onnx modelport can reach"),  # Core ML only from torch.export, TF
     ("pytorch", "onnx", {}, "no_route", "can reach: safetensors"),
     ("onnx", "openvino", {"fp16": True}, "invalid_options", "allowed: calibration, precision"),
     ("onnx", "openvino", {"precision": "fp8"}, "invalid_options", "precision"),

@@ -4,6 +4,8 @@ when they are requested (not after a conversion fails)."""
 
 from __future__ import annotations
 
+import json
+
 from tests import models
 from tests.helpers import upload
 
@@ -124,3 +126,56 @@ def test_a_failing_fp16_variant_names_its_first_diverging_tensor_and_report_all_
     assert art["validation"]["status"] == "passed", art["validation"]["reason"]
     assert len([j for j in c.get("/v1/jobs", params={"model_id": m["id"], "limit": 100}).json()["items"]
                 if j["options"].get("keep_fp32")]) == 1  # the fix's own validation passed: no further round
+
+
+def _offered(out: dict) -> list[tuple[str, str | None, str | None]]:
+    return [(j["target"], j["options"].get("precision"), j["options"].get("calibration")) for j in out["jobs"]]
+
+
+def test_report_all_offers_calibrated_int8_once_on_samples_when_there_are_some(embedded_client, tmp_path):
+    """Beside the dynamic / weight-only int8 variants, a static INT8 one wherever the route's edge can
+    calibrate: on generated inputs (warned) while the model has no samples, on its samples once it has."""
+    import io
+
+    import numpy as np
+
+    c = embedded_client
+    m = upload(c, models.onnx_classifier(tmp_path))
+    out = _report_all(c, m["id"])
+    offered = _offered(out)
+    assert len(offered) == len(set(offered)), offered  # no (target, options) twice
+    assert {("onnx", "int8", "synthetic"), ("openvino", "int8", "synthetic"), ("onnx", "int8", None),
+            ("openvino", "int8", None)} <= set(offered), offered
+    skipped = {(k["target"], k["options"].get("calibration")): k["reason"] for k in out["skipped"]}
+    assert "cpu.tf" in skipped[("tflite", "synthetic")]  # no TF toolchain here: said, not queued
+    calibrated = [j for j in out["jobs"] if j["options"].get("calibration") == "synthetic"]
+    for j in calibrated:
+        done = c.get(f"/v1/jobs/{j['id']}", params={"wait": 300}).json()
+        assert done["status"] == "succeeded", done
+        art = c.get(f"/v1/artifacts/{done['artifact_id']}").json()
+        assert art["validation"]["profile"] == "int8" and art["validation"]["max_abs_err"] is not None
+        assert any("calibrated on synthetic inputs" in w for w in art["warnings"]), art["warnings"]
+    buf = io.BytesIO()
+    np.savez(buf, x=np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32))
+    assert c.put(f"/v1/models/{m['id']}/samples", content=buf.getvalue()).status_code == 200
+    again = _offered(_report_all(c, m["id"]))
+    assert len(again) == len(set(again)), again
+    assert {("onnx", "int8", "samples"), ("openvino", "int8", "samples")} <= set(again), again
+    assert not any(cal == "synthetic" for _, _, cal in again), again
+
+
+def test_a_conversion_requested_before_report_all_is_not_made_again(embedded_client, tmp_path):
+    """report-all asks with try_fixes, a plain request does not: still the same conversion, so one job
+    (try_fixes used to be part of the idempotency key, and report-all made a second onnx fp16 job)."""
+    c = embedded_client
+    m = upload(c, models.onnx_classifier(tmp_path))
+    r = c.post(f"/v1/models/{m['id']}/conversions",
+               json={"target": "onnx", "options": {"precision": "fp16"}, "benchmark": False})
+    assert r.status_code == 202, r.text
+    first = r.json()["id"]
+    out = _report_all(c, m["id"])
+    fp16 = [j["id"] for j in out["jobs"] if j["target"] == "onnx" and j["options"] == {"precision": "fp16"}]
+    assert fp16 == [first], (fp16, first)
+    listed = c.get("/v1/jobs", params={"model_id": m["id"], "limit": 100}).json()["items"]
+    keys = [(j["target"], json.dumps(j["options"], sort_keys=True)) for j in listed]
+    assert len(keys) == len(set(keys)) == len(out["jobs"]), keys

@@ -160,12 +160,11 @@ async function reportAll() {
   say(status, "Asking for every format…");
   try {
     const r = await api(`${base}/report-all`, { method: "POST", json: { benchmark: benchmark() } });
-    const what = r.jobs.map((j) => `${j.target}${j.options.precision ? ` ${j.options.precision}` : ""}`).join(", ");
+    const what = r.jobs.map(targetOf).join(", ");
     say(status, `Report-all: ${r.jobs.length} job(s)${what ? ` (${what})` : ""}; ${r.skipped.length} left out.`, "ok");
     const list = clear($("#skipped"));
     for (const s of r.skipped) {
-      const p = s.options && s.options.precision ? ` ${s.options.precision}` : "";
-      list.append(el("li", {}, el("strong", { text: `${s.target}${p} left out: ` }), s.reason));
+      list.append(el("li", {}, el("strong", { text: `${targetOf(s)} left out: ` }), s.reason));
     }
     await refreshJobs();
   } catch (err) {
@@ -179,7 +178,9 @@ async function reportAll() {
 
 function targetOf(job) {
   const p = job.options && job.options.precision;
-  return `${job.target}${p ? ` ${p}` : ""}`;
+  const cal = job.options && job.options.calibration;
+  const how = !cal || cal === "none" ? "" : ` (calibrated on ${cal.startsWith("upload:") ? "an uploaded set" : cal})`;
+  return `${job.target}${p ? ` ${p}` : ""}${how}`;
 }
 
 function stepText(job) {
