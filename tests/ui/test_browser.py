@@ -230,13 +230,13 @@ def test_upload_convert_report_all_charts_deploy_predict(server, page, tmp_path)
     first_seen = page.get_attribute("#jobs-table tbody tr[data-status]", "data-status")
     assert first_seen not in TERMINAL, first_seen
 
-    # report-all while it runs: every format and precision variant, each a job of its own (its onnx fp16 one
-    # too: report-all asks with try_fixes, which the form's request did not)
+    # report-all while it runs: every format and precision variant, each a job of its own; the form's onnx
+    # fp16 job is reused (it is named first), not made again
     page.click("#report-all-button")
     page.wait_for_function("() => document.querySelector('#actions-status').textContent.startsWith('Report-all:')")
     said = page.text_content("#actions-status")
     jobs = api.get("/v1/jobs", params={"model_id": model["id"]}).json()["items"]
-    assert f"Report-all: {len(jobs) - 1} job(s) (onnx fp16, " in said, said
+    assert f"Report-all: {len(jobs)} job(s) (onnx fp16, " in said, said
     assert "tflite left out" in page.text_content("#skipped")  # no worker has the TF toolchain here
     statuses = _jobs_done(page, len(jobs), 150)  # the table follows them by itself, no reload
     assert statuses == ["succeeded"] * len(jobs) and len(jobs) >= 5
@@ -270,15 +270,22 @@ def test_upload_convert_report_all_charts_deploy_predict(server, page, tmp_path)
         assert v == r["max_abs_err"] if r["max_abs_err"] > 0 else \
             v < min([e["max_abs_err"] for e in validated if e["max_abs_err"] > 0], default=1)
     assert charts["chart-load"][0]["data"] == [r["load_ms"] for r in rows]
-    # the scatter: every validated, measured artifact; the front the report marks, and it is the real front
+    # the scatter: every measured artifact, validated ones apart from the others; the front the report marks
+    # among the validated, and it is the real front. What fails here is a synthetic-calibrated int8 variant
+    # (OpenVINO's on this 8-wide MLP is off by ~2 with made-up calibration data): its own verdict, shown crossed
+    proven = [r for r in rows if r["deployable"]]
+    unproven = [r for r in rows if not r["deployable"]]
+    assert all(r["precision"] == "int8" and r["validation"] == "failed" for r in unproven), unproven
     front = [r for r in rows if r["pareto"]]
-    beaten = [r for r in rows if any(q["size_bytes"] <= r["size_bytes"] and q["p50_ms"] <= r["p50_ms"]
-                                     and (q["size_bytes"], q["p50_ms"]) != (r["size_bytes"], r["p50_ms"]) for q in rows)]
+    beaten = [r for r in proven if any(q["size_bytes"] <= r["size_bytes"] and q["p50_ms"] <= r["p50_ms"]
+                                       and (q["size_bytes"], q["p50_ms"]) != (r["size_bytes"], r["p50_ms"])
+                                       for q in proven)]
     assert front and sorted(r["artifact_id"] for r in front) == sorted(
-        r["artifact_id"] for r in rows if r not in beaten)
+        r["artifact_id"] for r in proven if r not in beaten)
     scatter = {d["label"]: d for d in charts["chart-pareto"]}
-    assert set(scatter) == {"validated", "Pareto front"}  # all validated: no "not validated" marks
-    assert scatter["validated"]["marks"] == len(rows) and scatter["Pareto front"]["marks"] == len(front)
+    assert set(scatter) == {"validated", "Pareto front"} | ({"not validated"} if unproven else set())
+    assert scatter["validated"]["marks"] == len(proven) and scatter["Pareto front"]["marks"] == len(front)
+    assert scatter.get("not validated", {"marks": 0})["marks"] == len(unproven)
     assert [(p["x"], p["y"]) for p in scatter["Pareto front"]["data"]] == \
         sorted((r["size_bytes"], r["p50_ms"]) for r in front)
     for fig in ("chart-latency", "chart-size", "chart-error", "chart-pareto", "chart-load"):  # what a screen reader gets
