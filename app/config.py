@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
+    @field_validator("toolchains", mode="after")
+    @classmethod
+    def _absolute_interpreters(cls, v: dict[str, str]) -> dict[str, str]:
+        # a relative interpreter path means the same file from every folder a step runs in (the sandbox
+        # starts its child in a temp folder): resolved against the folder the settings were read in
+        return {name: str(Path(path).expanduser().absolute()) if path else path for name, path in v.items()}
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.database_url and not self.database_url.startswith(("sqlite", "postgresql")):

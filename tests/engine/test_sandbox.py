@@ -82,3 +82,22 @@ def test_missing_toolchain_interpreter(tmp_path):
     assert s.toolchain_python("tf") is None and s.toolchain_python("main") == sys.executable
     assert os.path.basename(s.toolchain_python("main")).startswith("python")
     assert Path(s.toolchain_python("main")).exists()
+
+
+def test_a_relative_toolchain_path_means_the_same_file_from_every_folder(tmp_path, monkeypatch, state_dict_source):
+    """MODELPORT_TOOLCHAINS='{"tf": ".venv-tf/bin/python"}' passed the settings check and then failed in the
+    sandbox, whose child starts in a temp folder: the path is made absolute where the settings are read."""
+    from app.config import Settings
+
+    wrapper = tmp_path / "interpreter"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    venv = tmp_path / "repo" / ".venv-x" / "bin"
+    venv.mkdir(parents=True)
+    link = venv / "python"
+    link.symlink_to(wrapper)  # a venv's interpreter is a link: made absolute, never resolved to its target
+    monkeypatch.chdir(tmp_path / "repo")
+    s = Settings(data_dir=tmp_path, toolchains={"x": ".venv-x/bin/python"})
+    assert s.toolchain_python("x") == str(link)
+    monkeypatch.chdir(tmp_path)  # from elsewhere the same settings still name that file, and it runs
+    assert run(state_dict_source, tmp_path, python=s.toolchain_python("x"))["primary"].endswith(".safetensors")
