@@ -23,6 +23,27 @@ from app.sandbox.io import ConversionError, Result, Source
 _HINT = "coremltools could not convert this program: check its op support list, or target ONNX / OpenVINO"
 
 
+def compress(model, precision: str, bits: Any, steps: list[str], warns: list[str]):
+    """The weight compression the options ask for (int8 linear quantisation, k-means palettization),
+    said in ``steps``/``warns``; shared with the TensorFlow frontend (coreml_tf)."""
+    try:
+        from coremltools.optimize import coreml as opt
+
+        if precision == "int8":
+            cfg = opt.OptimizationConfig(global_config=opt.OpLinearQuantizerConfig(mode="linear_symmetric"))
+            model = opt.linear_quantize_weights(model, config=cfg)
+            steps.append("linear_quantize_weights (int8, symmetric)")
+        if bits:
+            cfg = opt.OptimizationConfig(global_config=opt.OpPalettizerConfig(mode="kmeans", nbits=int(bits)))
+            model = opt.palettize_weights(model, config=cfg)
+            steps.append(f"palettize_weights ({bits}-bit k-means lookup table)")
+    except Exception as e:
+        raise fail(e, doing="coremltools.optimize", tool="coremltools") from None
+    if precision != "fp32":
+        warns.append(f"{precision}: Core ML computes in float16 (the Neural Engine's precision)")
+    return model
+
+
 def from_program(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     import coremltools as ct
     import torch
@@ -45,21 +66,7 @@ def from_program(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
         raise fail(e, doing="coremltools.convert (torch.export)", tool="coremltools", hint=_HINT) from None
     warns: list[str] = []
     steps = [f"coremltools.convert (mlprogram, {precision} compute, {options.get('minimum_deployment_target', 'iOS17')})"]
-    try:
-        from coremltools.optimize import coreml as opt
-
-        if precision == "int8":
-            cfg = opt.OptimizationConfig(global_config=opt.OpLinearQuantizerConfig(mode="linear_symmetric"))
-            model = opt.linear_quantize_weights(model, config=cfg)
-            steps.append("linear_quantize_weights (int8, symmetric)")
-        if bits:
-            cfg = opt.OptimizationConfig(global_config=opt.OpPalettizerConfig(mode="kmeans", nbits=int(bits)))
-            model = opt.palettize_weights(model, config=cfg)
-            steps.append(f"palettize_weights ({bits}-bit k-means lookup table)")
-    except Exception as e:
-        raise fail(e, doing="coremltools.optimize", tool="coremltools") from None
-    if precision != "fp32":
-        warns.append(f"{precision}: Core ML computes in float16 (the Neural Engine's precision)")
+    model = compress(model, precision, bits, steps, warns)
     out = out_dir / "model.mlpackage"
     model.save(str(out))
     primary = out / "Data" / "com.apple.CoreML" / "model.mlmodel"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from app.conversion.edges._common import fail, versions
+from app.conversion.edges.coreml import compress
 from app.sandbox.io import ConversionError, Result, Source
 
 _HINT = ("coremltools could not convert this graph: check coremltools' TensorFlow op support list, or target "
@@ -140,21 +141,7 @@ def from_savedmodel(src: Source, out_dir: Path, options: dict[str, Any]) -> Resu
         warns.append("outputs keep the graph's names (" + ", ".join(o.name for o in spec.description.output) + ")")
     steps = [f"coremltools.convert (TensorFlow {tf.__version__} SavedModel '{key}', mlprogram, {precision} compute, "
              f"{target_name})"]
-    try:
-        from coremltools.optimize import coreml as opt
-
-        if precision == "int8":
-            cfg = opt.OptimizationConfig(global_config=opt.OpLinearQuantizerConfig(mode="linear_symmetric"))
-            model = opt.linear_quantize_weights(model, config=cfg)
-            steps.append("linear_quantize_weights (int8, symmetric)")
-        if bits:
-            cfg = opt.OptimizationConfig(global_config=opt.OpPalettizerConfig(mode="kmeans", nbits=int(bits)))
-            model = opt.palettize_weights(model, config=cfg)
-            steps.append(f"palettize_weights ({bits}-bit k-means lookup table)")
-    except Exception as e:
-        raise fail(e, doing="coremltools.optimize", tool="coremltools") from None
-    if precision != "fp32":
-        warns.append(f"{precision}: Core ML computes in float16 (the Neural Engine's precision)")
+    model = compress(model, precision, bits, steps, warns)
     others = [k for k in loaded.signatures if k != key]
     if others:
         warns.append(f"converted signature '{key}'; the others ({', '.join(others)}) are not in the Core ML model")
