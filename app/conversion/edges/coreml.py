@@ -44,6 +44,17 @@ def compress(model, precision: str, bits: Any, steps: list[str], warns: list[str
     return model
 
 
+def save_package(model, out_dir: Path):
+    """``out_dir/model.mlpackage`` written; (its model.mlmodel, the model's spec)."""
+    out = out_dir / "model.mlpackage"
+    model.save(str(out))
+    primary = out / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    if not primary.exists():
+        raise ConversionError("coremltools wrote no Data/com.apple.CoreML/model.mlmodel in the package",
+                              tool="coremltools")
+    return primary, model.get_spec()
+
+
 def from_program(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     import coremltools as ct
     import torch
@@ -67,13 +78,7 @@ def from_program(src: Source, out_dir: Path, options: dict[str, Any]) -> Result:
     warns: list[str] = []
     steps = [f"coremltools.convert (mlprogram, {precision} compute, {options.get('minimum_deployment_target', 'iOS17')})"]
     model = compress(model, precision, bits, steps, warns)
-    out = out_dir / "model.mlpackage"
-    model.save(str(out))
-    primary = out / "Data" / "com.apple.CoreML" / "model.mlmodel"
-    if not primary.exists():
-        raise ConversionError("coremltools wrote no Data/com.apple.CoreML/model.mlmodel in the package",
-                              tool="coremltools")
-    spec = model.get_spec()
+    primary, spec = save_package(model, out_dir)
     details = {"precision": precision, "palettize_bits": bits, "steps": steps,
                "specification_version": int(spec.specificationVersion),
                "inputs": [i.name for i in spec.description.input], "outputs": [o.name for o in spec.description.output]}

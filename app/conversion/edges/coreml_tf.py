@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from app.conversion.edges._common import fail, versions
-from app.conversion.edges.coreml import compress
+from app.conversion.edges.coreml import compress, save_package
 from app.sandbox.io import ConversionError, Result, Source
 
 _HINT = ("coremltools could not convert this graph: check coremltools' TensorFlow op support list, or target "
@@ -148,13 +148,7 @@ def from_savedmodel(src: Source, out_dir: Path, options: dict[str, Any]) -> Resu
     if written_by and written_by.split(".")[:2] != tf.__version__.split(".")[:2]:
         warns.append(f"the SavedModel was written by TensorFlow {written_by} and converted with TensorFlow "
                      f"{tf.__version__} (the newest coremltools supports)")
-    out = out_dir / "model.mlpackage"
-    model.save(str(out))
-    primary = out / "Data" / "com.apple.CoreML" / "model.mlmodel"
-    if not primary.exists():
-        raise ConversionError("coremltools wrote no Data/com.apple.CoreML/model.mlmodel in the package",
-                              tool="coremltools")
-    spec = model.get_spec()
+    primary, spec = save_package(model, out_dir)
     details = {"precision": precision, "palettize_bits": bits, "steps": steps, "signature": key,
                "written_by_tensorflow": written_by, "specification_version": int(spec.specificationVersion),
                "inputs": [i.name for i in spec.description.input], "outputs": [o.name for o in spec.description.output]}
