@@ -160,8 +160,8 @@ class FastPath:
             return await self._send(send, e.status_code, {"content-type": "application/json", "connection": "close"},
                                     json.dumps(e.to_dict()).encode())
         h = self._headers(scope)
-        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        version = qs.get("version", [None])[0]
+        raw_qs = scope.get("query_string", b"")
+        version = parse_qs(raw_qs.decode("latin-1")).get("version", [None])[0] if raw_qs else None
         bm = h.get(b"x-modelport-batching")
         status, headers, payload = await run_predict(
             self.app.state, name, version, h.get(b"content-type", b"").decode("latin-1"),
