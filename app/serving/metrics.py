@@ -95,9 +95,6 @@ class Metrics:
 
         return observe
 
-    def unbatched(self, model: str, version: str, rows: int, compute_s: float) -> None:
-        self.series(model, version).unbatched(rows, compute_s)
-
 
 class Series:
     """One deployment version's counters and histograms (see :meth:`Metrics.series`)."""
