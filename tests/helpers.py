@@ -42,3 +42,13 @@ def run_job(client, model_id: str, target: str, **body) -> dict:
     job = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 300}).json()
     assert job["status"] == "succeeded", job
     return job
+
+
+def quantized_activations(target: str, art: dict) -> bool:
+    """Whether an artifact quantizes activations too (static INT8), by what its own file says."""
+    details = art["inspection"]["details"]
+    if target == "onnx":
+        return {"QuantizeLinear", "DequantizeLinear"} <= set(details["op_types"])
+    if target == "openvino":
+        return "FakeQuantize" in set(details["op_types"])
+    return {"QUANTIZE", "DEQUANTIZE"} <= set(details["builtin_ops"])  # float I/O around int8 kernels

@@ -101,8 +101,7 @@ def test_calibration_sets_are_checked_like_samples(client, tmp_path):
 @pytest.mark.parametrize("target", ["onnx", "openvino", "tflite"])
 def test_static_int8_is_calibrated_on_the_uploaded_set(client, tmp_path, target):
     from tests import models
-    from tests.conversion.test_shapes_and_mixed_precision import _quantized_activations
-    from tests.helpers import upload
+    from tests.helpers import quantized_activations, upload
 
     c = client
     m = upload(c, models.onnx_classifier(tmp_path))
@@ -125,7 +124,7 @@ def test_static_int8_is_calibrated_on_the_uploaded_set(client, tmp_path, target)
         job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
         assert job["status"] == "succeeded", (job, c.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
         art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
-        assert _quantized_activations(target, art), art["inspection"]["details"]
+        assert quantized_activations(target, art), art["inspection"]["details"]
         assert art["lineage"]["options"]["calibration"] == f"upload:{set_id}"
         assert not any("synthetic" in w for w in art["warnings"]), art["warnings"]
         arts.append(art)

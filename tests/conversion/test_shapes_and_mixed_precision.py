@@ -88,16 +88,6 @@ def test_a_transform_that_adds_graph_inputs_is_refused(tmp_path):
         _check_same_inputs(path, broken)
 
 
-def _quantized_activations(target: str, art: dict) -> bool:
-    """Whether the artifact quantizes activations too (static INT8), by what its own file says."""
-    details = art["inspection"]["details"]
-    if target == "onnx":
-        return {"QuantizeLinear", "DequantizeLinear"} <= set(details["op_types"])
-    if target == "openvino":
-        return "FakeQuantize" in set(details["op_types"])
-    return {"QUANTIZE", "DEQUANTIZE"} <= set(details["builtin_ops"])  # float I/O around int8 kernels
-
-
 @pytest.mark.parametrize(("target", "calibration"), [("onnx", "samples"), ("onnx", "synthetic"),
                                                       ("openvino", "samples"), ("openvino", "synthetic"),
                                                       ("tflite", "samples"), ("tflite", "synthetic")])
@@ -111,7 +101,7 @@ def test_calibrated_static_int8_through_the_api(tmp_path, calibration, target, t
 
     from app.main import create_app
     from tests import models
-    from tests.helpers import make_settings, upload
+    from tests.helpers import make_settings, quantized_activations, upload
 
     with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": tf_python}))) as c:
         m = upload(c, models.onnx_classifier(tmp_path))
@@ -129,7 +119,7 @@ def test_calibrated_static_int8_through_the_api(tmp_path, calibration, target, t
         job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
         assert job["status"] == "succeeded", (job, c.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
         art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
-        assert _quantized_activations(target, art), art["inspection"]["details"]
+        assert quantized_activations(target, art), art["inspection"]["details"]
         calib = art["lineage"]["options"]["calibration"]
         assert calib == calibration
         assert art["validation"]["profile"] == "int8" and art["validation"]["status"] == "passed", art["validation"]
