@@ -44,6 +44,18 @@ def run_job(client, model_id: str, target: str, **body) -> dict:
     return job
 
 
+def int8_artifact(client, model_id: str, target: str, body: dict) -> dict:
+    """Request a static INT8 conversion, wait for its job (which must succeed, its log shown if not) and
+    return the artifact, whose file must quantize activations too."""
+    r = client.post(f"/v1/models/{model_id}/conversions", json=body)
+    assert r.status_code == 202, r.text
+    job = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
+    assert job["status"] == "succeeded", (job, client.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
+    art = client.get(f"/v1/artifacts/{job['artifact_id']}").json()
+    assert quantized_activations(target, art), art["inspection"]["details"]
+    return art
+
+
 def quantized_activations(target: str, art: dict) -> bool:
     """Whether an artifact quantizes activations too (static INT8), by what its own file says."""
     details = art["inspection"]["details"]

@@ -101,7 +101,7 @@ def test_calibration_sets_are_checked_like_samples(client, tmp_path):
 @pytest.mark.parametrize("target", ["onnx", "openvino", "tflite"])
 def test_static_int8_is_calibrated_on_the_uploaded_set(client, tmp_path, target):
     from tests import models
-    from tests.helpers import quantized_activations, upload
+    from tests.helpers import int8_artifact, upload
 
     c = client
     m = upload(c, models.onnx_classifier(tmp_path))
@@ -119,12 +119,7 @@ def test_static_int8_is_calibrated_on_the_uploaded_set(client, tmp_path, target)
     for set_id in ids:
         body = {"target": target, "benchmark": {"batch_sizes": [1], "max_seconds": 2},
                 "options": {"precision": "int8", "calibration": f"upload:{set_id}"}}
-        r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
-        assert r.status_code == 202, r.text
-        job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
-        assert job["status"] == "succeeded", (job, c.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
-        art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
-        assert quantized_activations(target, art), art["inspection"]["details"]
+        art = int8_artifact(c, m["id"], target, body)
         assert art["lineage"]["options"]["calibration"] == f"upload:{set_id}"
         assert not any("synthetic" in w for w in art["warnings"]), art["warnings"]
         arts.append(art)

@@ -101,7 +101,7 @@ def test_calibrated_static_int8_through_the_api(tmp_path, calibration, target, t
 
     from app.main import create_app
     from tests import models
-    from tests.helpers import make_settings, quantized_activations, upload
+    from tests.helpers import int8_artifact, make_settings, upload
 
     with TestClient(create_app(make_settings(tmp_path, toolchains={"tf": tf_python}))) as c:
         m = upload(c, models.onnx_classifier(tmp_path))
@@ -114,12 +114,7 @@ def test_calibrated_static_int8_through_the_api(tmp_path, calibration, target, t
             buf = io.BytesIO()
             np.savez(buf, **{name: np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)})
             assert c.put(f"/v1/models/{m['id']}/samples", content=buf.getvalue()).status_code == 200
-        r = c.post(f"/v1/models/{m['id']}/conversions", json=body)
-        assert r.status_code == 202, r.text
-        job = c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 600}).json()
-        assert job["status"] == "succeeded", (job, c.get(f"/v1/jobs/{job['id']}/logs").text[-3000:])
-        art = c.get(f"/v1/artifacts/{job['artifact_id']}").json()
-        assert quantized_activations(target, art), art["inspection"]["details"]
+        art = int8_artifact(c, m["id"], target, body)
         calib = art["lineage"]["options"]["calibration"]
         assert calib == calibration
         assert art["validation"]["profile"] == "int8" and art["validation"]["status"] == "passed", art["validation"]
