@@ -191,7 +191,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from app.config import get_settings
-    from app.main import create_asgi
+    from app.main import create_asgi, http_protocol
 
     p = argparse.ArgumentParser(prog="python -m app.serve")
     p.add_argument("--index", type=int, required=True)
@@ -205,8 +205,10 @@ def worker_main(argv: list[str] | None = None) -> int:
     except OSError as e:
         _say(f"worker {args.index}: cannot listen on {args.host}:{args.port}: {e}")
         return STARTUP_FAILURE
-    # as in one process (app/cli.py): no access log or proxy-header rewriting on the hot path
-    server = uvicorn.Server(uvicorn.Config(create_asgi(settings), log_level=settings.log_level, http="httptools",
+    # as in one process (app/cli.py): the guarded protocol (header deadlines and bounds, inference
+    # answered without ASGI), no access log or proxy-header rewriting on the hot path
+    server = uvicorn.Server(uvicorn.Config(create_asgi(settings), log_level=settings.log_level,
+                                           http=http_protocol(settings),
                                            access_log=settings.log_level == "debug", proxy_headers=False,
                                            server_header=False))
     server.run(sockets=[sock])

@@ -69,6 +69,13 @@ class RequestGuard:
                                      "(MODELPORT_MAX_JSON_BODY_BYTES)")
         await self.app(scope, self._receive(receive, limit), send)
 
+    def passes_now(self, scope) -> bool:
+        """Whether an inference request can be answered without this guard having a word: no control
+        character in its path or query string, and no rate limit on inference to count it against
+        (the HTTP protocol's direct answers, app.api.fastpath.FastPath.answer_now)."""
+        path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        return self.inference.rate <= 0 and not _bad_chars(path) and not _bad_chars(scope.get("query_string", b""))
+
     def _rate_limited(self, scope):
         method, path = scope["method"], scope["path"]
         if method == "POST" and (path.endswith("/predict") or path.endswith("/infer")):

@@ -196,11 +196,14 @@ def dumps(obj: Any) -> bytes:
     become nested lists), with orjson when available. NaN and infinities are written as stdlib
     ``json`` writes them (``NaN``, ``Infinity``): a document holding any goes through stdlib. A
     ``TypeError`` for objects JSON can't hold."""
-    if _USE_ORJSON and not _has_non_finite(obj):
+    if _USE_ORJSON:
         try:
-            return _orjson.dumps(obj, default=_json_default, option=_orjson.OPT_SERIALIZE_NUMPY)
+            out = _orjson.dumps(obj, default=_json_default, option=_orjson.OPT_SERIALIZE_NUMPY)
         except _orjson.JSONEncodeError:
-            pass  # e.g. str with lone surrogates or ints beyond 64 bits: stdlib handles them
+            out = None  # e.g. str with lone surrogates or ints beyond 64 bits: stdlib handles them
+        # orjson writes NaN and infinities as null: only a document with a null in it is searched for them
+        if out is not None and (b"null" not in out or not _has_non_finite(obj)):
+            return out
     return json.dumps(obj, separators=(",", ":"), default=_json_default).encode()
 
 
@@ -260,6 +263,7 @@ class V2Request:
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     binary_output_default: bool = False
+    binary_inputs: bool = False  # every input's data came in binary, after the JSON header
 
     @property
     def requested(self) -> list[str] | None:
@@ -330,7 +334,7 @@ def decode_v2_request(body: bytes, header_length: int | None) -> V2Request:
         raise CodecError("'inputs' must be a list of tensors")
 
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
+    offset = n_binary = 0
     for i, inp in enumerate(raw_inputs):
         if not isinstance(inp, dict):
             raise CodecError(f"inputs[{i}] must be a JSON object with name, shape, datatype and data")
@@ -368,6 +372,7 @@ def decode_v2_request(body: bytes, header_length: int | None) -> V2Request:
                                  "data are left in the request")
             inputs[name] = _binary_tensor(name, datatype, dtype, shape, count, binary, offset, size)
             offset += size
+            n_binary += 1
         elif "data" in inp:
             arr = _json_tensor(name, datatype, dtype, inp["data"])
             if arr.size != count:
@@ -379,7 +384,83 @@ def decode_v2_request(body: bytes, header_length: int | None) -> V2Request:
         raise CodecError(f"{len(binary) - offset} bytes of binary data are left over after the last input "
                          f"(the inputs' binary_data_size add up to {offset}, the body has {len(binary)} "
                          "after the JSON header)")
-    return V2Request(request_id, inputs, parameters, outputs, binary_default)
+    return V2Request(request_id, inputs, parameters, outputs, binary_default,
+                     binary_inputs=header_length is not None and offset == len(binary) and n_binary == len(inputs))
+
+
+
+@dataclass(slots=True)
+class V2Plan:
+    """How to read a v2 binary request whose JSON header was seen before, and write its response.
+
+    Clients send the same header again and again (the same tensors, shapes and options; only the
+    binary data differ), so the serving path decodes and checks a header once
+    (:func:`decode_v2_request`, then the model's input and bound checks) and keeps this plan,
+    keyed by the header's exact bytes: the next such request is numpy views of its body. Only
+    for headers with every input in binary and of a fixed-size type whose bytes need no check
+    (not BYTES, not BOOL). The response header is kept too, while the outputs keep their dtypes
+    and shapes and all go back in binary; anything else is encoded as usual."""
+
+    request_id: str | None
+    tensors: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...] | None  # name, dtype, shape, count, offset
+    binary_size: int
+    requested: list[str] | None
+    binary: Callable[[str], bool]
+    limits: Any = None  # the bounds the inputs were checked against (the caller's)
+    out_key: tuple | None = None  # (name, dtype, shape) of each output the kept response header describes
+    out_header: bytes | None = None
+    out_headers: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, req: V2Request, header_length: int | None = None, body_length: int = 0) -> V2Plan:
+        """The plan of a request :func:`decode_v2_request` decoded (``header_length`` and
+        ``body_length`` as it was given). It always encodes the response; :attr:`reusable` says
+        whether it can also read the next request with the same header."""
+        per_output = {o["name"]: o.get("binary_data") for o in req.outputs}
+        default = req.binary_output_default
+
+        def binary(out_name: str) -> bool:
+            flag = per_output.get(out_name)
+            return default if flag is None else bool(flag)
+
+        tensors, offset = [], header_length or 0
+        for name, arr in req.inputs.items():
+            tensors.append((name, arr.dtype, arr.shape, arr.size, offset))
+            offset += arr.nbytes
+        reusable = (_LITTLE and req.binary_inputs and header_length is not None and offset == body_length
+                    and all(arr.dtype.kind in "fiuc" for arr in req.inputs.values()))  # BYTES, BOOL: checked each time
+        return cls(req.id, tuple(tensors) if reusable else None, body_length - (header_length or 0),
+                   req.requested, binary)
+
+    @property
+    def reusable(self) -> bool:
+        return self.tensors is not None
+
+    def feeds(self, body: bytes) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(body, dtype, count, offset).reshape(shape)
+                for name, dtype, shape, count, offset in self.tensors}
+
+    def encode(self, model_name: str, model_version: str | None,
+               outputs: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+        """:func:`encode_v2_response` for this request, reusing the last response header when it still fits."""
+        names = self.requested or list(outputs)
+        try:
+            arrays = [outputs[n] for n in names]
+        except KeyError:
+            arrays = None
+        if arrays is not None and self.out_key is not None:
+            key = tuple((n, a.dtype, a.shape) for n, a in zip(names, arrays, strict=True))
+            if key == self.out_key:
+                return b"".join([self.out_header, *(np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+                                                    for a in arrays)]), self.out_headers
+        payload, headers = encode_v2_response(model_name, model_version, self.request_id, outputs,
+                                              binary=self.binary, requested=self.requested)
+        if arrays is not None and all(self.binary(n) and isinstance(a, np.ndarray) and a.dtype.kind in "fiucb"
+                                      and a.dtype.byteorder in "=|<" for n, a in zip(names, arrays, strict=True)):
+            hl = int(headers["Inference-Header-Content-Length"])
+            self.out_key = tuple((n, a.dtype, a.shape) for n, a in zip(names, arrays, strict=True))
+            self.out_header, self.out_headers = payload[:hl], headers
+        return payload, headers
 
 
 _LAZY_MAX_KEYS = 32
@@ -1041,7 +1122,7 @@ def _check_shape(name: str, arr: np.ndarray, shape: list) -> None:
 
 
 __all__ = [
-    "DATATYPES", "CodecError", "V2Request", "check_inputs", "datatype_of", "decode_npy", "decode_npz",
+    "DATATYPES", "CodecError", "V2Plan", "V2Request", "check_inputs", "datatype_of", "decode_npy", "decode_npz",
     "decode_v1_json", "decode_v2_request", "dumps", "dumps_v1", "encode_npz", "encode_v1_json",
     "encode_v2_response", "loads", "numpy_dtype",
 ]

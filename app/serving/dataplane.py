@@ -5,10 +5,9 @@ an HTTP framework."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-
-import anyio
 
 from app.errors import BadRequest, ModelportError, Unprocessable
 from app.serving.runtime import ServingError
@@ -70,6 +69,31 @@ def check_bounds(lm, feeds, limits: tuple[int, int, int]) -> None:
                        f"{max_out} (MODELPORT_SERVING_MAX_OUTPUT_BYTES, runtime.max_output_mb): send fewer rows")
 
 
+def rows_of(feeds) -> int:
+    """The rows of a request: its first input's leading dim (1 for a scalar or no input)."""
+    first = next(iter(feeds.values()), None)
+    return first.shape[0] if first is not None and first.ndim else 1
+
+
+def check_request(lm, feeds, limits: tuple[int, int, int]) -> None:
+    """The inputs against the model's specs (codec.check_inputs) and the bounds (check_bounds); an
+    outcome that depends only on each input's dtype and shape, so a passing one is remembered per
+    loaded version (``PLANS_KEPT`` of them) and the next request like it is not checked again."""
+    from app.serving import codec
+
+    try:
+        key = tuple((n, a.dtype, a.shape) for n, a in feeds.items())
+    except AttributeError:  # not arrays: the checks say what they are
+        key = None
+    seen = lm.checked
+    if key is not None and seen.get(key) == limits:
+        return
+    codec.check_inputs(feeds, lm.specs())
+    check_bounds(lm, feeds, limits)
+    if key is not None:
+        remember(seen, key, limits)
+
+
 def estimated_output_bytes(lm, rows: int) -> int | None:
     """Bytes the outputs of ``rows`` rows take: from the output specs where every dim past the batch
     is fixed, and from the bytes per row measured at load (the larger); None when neither says."""
@@ -119,15 +143,20 @@ def check_output_size(outputs, limits: tuple[int, int, int]) -> None:
                        "(MODELPORT_SERVING_MAX_OUTPUT_BYTES, runtime.max_output_mb): send fewer rows")
 
 
+def _thread(fn, *args):
+    """``fn(*args)`` on a thread, awaited as a plain future: the handlers here may start outside a
+    task (app.api.fastpath.eager), where anyio's threads can't be asked for."""
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
 async def _maybe_thread(big: bool, fn, *args):
-    return await anyio.to_thread.run_sync(fn, *args) if big else fn(*args)
+    return await _thread(fn, *args) if big else fn(*args)
 
 
 async def _maybe_process(big: bool, fn, *args):
     """``fn(*args)`` in the decoder process when ``big`` (its exceptions raised here), else inline."""
     if not big:
         return fn(*args)
-    import asyncio
     from concurrent.futures.process import BrokenProcessPool
 
     global _decoders
@@ -151,7 +180,20 @@ async def loaded(state, name: str, version: str | None):
     row = await cache.aresolve(name, version)
     if row["id"] in cache.loaded:
         return row, cache.get(row, name)
-    return row, await anyio.to_thread.run_sync(cache.get, row, name)
+    return row, await _thread(cache.get, row, name)
+
+
+PLAN_MAX_HEADER = 4096
+"""v2 JSON headers up to this long are kept (codec.V2Plan), ``PLANS_KEPT`` per loaded version, as are
+the input dtypes and shapes that passed check_request."""
+PLANS_KEPT = 64
+
+
+def remember(kept: dict, key, value) -> None:
+    """``kept[key] = value``, at most ``PLANS_KEPT`` of them (a loaded version's plans and checked shapes)."""
+    if len(kept) >= PLANS_KEPT:  # the oldest goes: a client sending unique ids or shapes can't grow it
+        del kept[next(iter(kept))]
+    kept[key] = value
 
 
 def _error_body(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
@@ -177,34 +219,31 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
             raise codec.CodecError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") \
                 from None
         limits = bounds(state, row)
-        json_part = len(body) if hl is None else hl
-        if json_part >= OFF_LOOP_BYTES:
-            check_json_budget(memoryview(body)[:json_part], limits[1])
-        req = await _maybe_process(json_part >= OFF_PROCESS_BYTES, codec.decode_v2_request, body, hl)
-        codec.check_inputs(req.inputs, lm.specs())
-        check_bounds(lm, req.inputs, limits)
+        plan = lm.v2_plans.get(body[:hl]) if hl is not None and 0 < hl <= PLAN_MAX_HEADER else None
+        if plan is not None and plan.limits == limits and len(body) - hl == plan.binary_size:
+            feeds = plan.feeds(body)  # a header decoded and checked before (codec.V2Plan)
+        else:
+            json_part = len(body) if hl is None else hl
+            if json_part >= OFF_LOOP_BYTES:
+                check_json_budget(memoryview(body)[:json_part], limits[1])
+            req = await _maybe_process(json_part >= OFF_PROCESS_BYTES, codec.decode_v2_request, body, hl)
+            feeds = req.inputs
+            check_request(lm, feeds, limits)
+            plan = codec.V2Plan.of(req, hl, len(body))
+            if plan.reusable and 0 < hl <= PLAN_MAX_HEADER:
+                plan.limits = limits
+                remember(lm.v2_plans, bytes(body[:hl]), plan)
         batcher = state.models.batcher_for(lm, batching)
         t = time.perf_counter()
         try:
-            outputs = await state.models.predict(lm, req.inputs, batcher)
+            outputs = await state.models.predict(lm, feeds, batcher)
         except ServingError:
             raise
         except Exception as e:  # the runtime refused these inputs (as Triton: INVALID_ARG, 400)
             raise InferenceFailed(f"inference failed: {type(e).__name__}: {e}"[:2000]) from None
         check_output_size(outputs, limits)
-        if batcher is None:
-            first = next(iter(req.inputs.values()), None)
-            metrics.series(*labels).unbatched(first.shape[0] if first is not None and first.ndim else 1,
-                                              time.perf_counter() - t)
-        requested = [o["name"] for o in req.outputs] or None
-        per_output = {o["name"]: o.get("binary_data") for o in req.outputs}
-
-        def binary(out_name: str) -> bool:
-            flag = per_output.get(out_name)
-            return req.binary_output_default if flag is None else bool(flag)
-
-        payload, headers = codec.encode_v2_response(name, str(row["version"]), req.id, outputs, binary=binary,
-                                                    requested=requested)
+        compute_s = time.perf_counter() - t
+        payload, headers = plan.encode(name, str(row["version"]), outputs)
     except ServingError as e:  # as Triton maps its errors: NOT_FOUND 404, UNAVAILABLE 503, the rest 400
         metrics.failure.labels(*labels, e.code).inc()
         return _error_body(e.status if e.status in (404, 413, 503) else 400, e.message)
@@ -217,9 +256,8 @@ async def run_infer(state, name: str, version: str | None, header_length: str | 
     except Exception as e:
         metrics.failure.labels(*labels, "inference_error").inc()
         return _error_body(500, f"inference failed: {type(e).__name__}: {e}"[:2000])
-    series = metrics.series(*labels)
-    series.success.inc()
-    series.request.observe(time.perf_counter() - started)
+    metrics.answered(metrics.series(*labels), None if batcher is not None else rows_of(feeds), compute_s,
+                     time.perf_counter() - started)
     return 200, {k.lower(): v for k, v in headers.items()}, payload
 
 
@@ -235,7 +273,7 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
     try:
         row = await cache.aresolve(name, version)
         labels = (name, str(row["version"]))
-        lm = cache.get(row, name) if row["id"] in cache.loaded else await anyio.to_thread.run_sync(cache.get, row, name)
+        lm = cache.get(row, name) if row["id"] in cache.loaded else await _thread(cache.get, row, name)
         limits = bounds(state, row)
         big = len(body) >= OFF_LOOP_BYTES
         ctype = content_type.split(";")[0].strip().lower()
@@ -252,16 +290,12 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
                 check_json_budget(body, limits[1])
             feeds = await _maybe_process(len(body) >= OFF_PROCESS_BYTES, _v1_json, body,
                                          {s.name: (s.dtype, s.shape) for s in lm.inputs})
-        codec.check_inputs(feeds, lm.specs())
-        check_bounds(lm, feeds, limits)
+        check_request(lm, feeds, limits)
         batcher = cache.batcher_for(lm, batching)
         t = time.perf_counter()
         outputs = await cache.predict(lm, feeds, batcher)
         check_output_size(outputs, limits)
-        if batcher is None:
-            first = next(iter(feeds.values()), None)
-            metrics.series(*labels).unbatched(first.shape[0] if first is not None and first.ndim else 1,
-                                              time.perf_counter() - t)
+        compute_s = time.perf_counter() - t
     except ServingError as e:
         metrics.failure.labels(*labels, e.code).inc()
         return _error(e)
@@ -271,9 +305,8 @@ async def run_predict(state, name: str, version: str | None, content_type: str, 
     except Exception as e:
         metrics.failure.labels(*labels, "inference_error").inc()
         return _error(Unprocessable(f"inference failed: {type(e).__name__}: {e}"[:2000], code="inference_failed"))
-    series = metrics.series(*labels)
-    series.success.inc()
-    series.request.observe(time.perf_counter() - started)
+    metrics.answered(metrics.series(*labels), None if batcher is not None else rows_of(feeds), compute_s,
+                     time.perf_counter() - started)
     if "application/x-npz" in accept:
         return 200, {"content-type": "application/x-npz"}, codec.encode_npz(outputs)
     return 200, {"content-type": "application/json"}, codec.dumps_v1(outputs)

@@ -22,7 +22,9 @@ histograms to its own files there, and a scrape of any worker adds up every work
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
@@ -55,14 +57,37 @@ class Metrics:
         self.batch = Histogram("modelport_inference_batch_size", "Rows per model execution", labels,
                                buckets=BATCH_BUCKETS, registry=self.registry)
         self._series: dict[tuple[str, str], Series] = {}
+        self._answered: list[tuple[Series, int | None, float, float]] = []
+        self._lock = threading.Lock()
         self.jobs = _JobCollector(db) if db is not None else None
         if self.jobs is not None:
             self.registry.register(self.jobs)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read as prometheus_client reads it
 
+    def answered(self, series: Series, rows: int | None, compute_s: float, request_s: float) -> None:
+        """One successful request (``rows`` None: it went through a batcher, which records the
+        executions), recorded by :meth:`flush`, which the inference front calls once the answer is
+        written (a dozen increments, each a locked write to a file in multiprocess mode, are not
+        what a client should wait for), or else the event loop's next turn, or a scrape."""
+        with self._lock:
+            first = not self._answered
+            self._answered.append((series, rows, compute_s, request_s))
+        if first:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # not on an event loop: now
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            todo, self._answered = self._answered, []
+        for series, rows, compute_s, request_s in todo:
+            series.record(rows, compute_s, request_s)
+
     def exposition(self) -> bytes:
         """The text format of every metric: this process's, or, in multiprocess mode, the sum over
         every worker's (the job metrics come from the catalog once either way)."""
+        self.flush()
         if not self.multiprocess:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess
@@ -105,11 +130,15 @@ class Series:
         for name in self.__slots__:
             setattr(self, name, getattr(m, name).labels(model, version))
 
-    def unbatched(self, rows: int, compute_s: float) -> None:
-        self.compute.observe(compute_s)
-        self.batch.observe(rows)
-        self.exec_count.inc()
-        self.count.inc(rows)
+    def record(self, rows: int | None, compute_s: float, request_s: float) -> None:
+        """One successful request (Metrics.answered): ``rows`` None when a batcher ran it."""
+        self.success.inc()
+        self.request.observe(request_s)
+        if rows is not None:  # an execution of its own
+            self.compute.observe(compute_s)
+            self.batch.observe(rows)
+            self.exec_count.inc()
+            self.count.inc(rows)
 
 
 class _JobCollector:

@@ -74,6 +74,8 @@ class Loaded:
     dynamic_batch: bool = False  # every input has a dynamic batch dimension: requests can be merged
     alt: tuple[tuple[int, float], Any] | None = None  # (settings, Batcher) asked for by X-Modelport-Batching
     static_outputs: tuple[int, int, bool] | None = None  # what the output specs say of their size (dataplane)
+    v2_plans: dict[bytes, Any] = field(default_factory=dict)  # v2 binary headers seen before (codec.V2Plan)
+    checked: dict[tuple, Any] = field(default_factory=dict)  # input dtypes and shapes that passed (dataplane)
 
     def specs(self) -> list[tuple[str, str | None, list | None]]:
         return [(s.name, s.dtype, s.shape) for s in self.inputs]

@@ -738,3 +738,66 @@ def test_simdjson_path_with_binary_inputs(monkeypatch):
                    _t("b", (4,), "FP32", parameters={"binary_data_size": 16})], raw)
     req = codec.decode_v2_request(body, hl)
     assert req.inputs["a"].tolist() == [0.5, 1.5] and req.inputs["b"].tolist() == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# V2Plan: a header decoded once, reused for the next request with the same header
+
+
+def _binary_request(header: dict, *arrays: np.ndarray) -> tuple[bytes, int]:
+    h = json.dumps(header).encode()
+    return h + b"".join(a.tobytes() for a in arrays), len(h)
+
+
+def test_a_plan_reads_new_data_under_the_same_header_and_reuses_the_response_header():
+    x1 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x2 = -x1
+    n = np.array([[7]], np.int64)
+    header = {"id": "r1", "inputs": [
+        {"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": x1.nbytes}},
+        {"name": "n", "shape": [1, 1], "datatype": "INT64", "parameters": {"binary_data_size": n.nbytes}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    body1, hl = _binary_request(header, x1, n)
+    plan = codec.V2Plan.of(codec.decode_v2_request(body1, hl), hl, len(body1))
+    assert plan.reusable and plan.binary_size == x1.nbytes + n.nbytes
+    body2, _ = _binary_request(header, x2, n + 1)
+    feeds = plan.feeds(body2)
+    np.testing.assert_array_equal(feeds["x"], x2)
+    np.testing.assert_array_equal(feeds["n"], n + 1)
+    assert list(feeds) == ["x", "n"] and feeds["n"].dtype == np.int64
+
+    out1 = {"y": np.ones((2, 4), np.float32), "z": np.zeros(1, np.float32)}
+    payload1, headers1 = plan.encode("m", "1", out1)
+    want1, wanth1 = codec.encode_v2_response("m", "1", "r1", out1, binary=True, requested=["y"])
+    assert (payload1, headers1) == (want1, wanth1)
+    out2 = {"y": np.full((2, 4), 3, np.float32), "z": np.zeros(1, np.float32)}  # kept header, new data
+    assert plan.encode("m", "1", out2) == codec.encode_v2_response("m", "1", "r1", out2, binary=True,
+                                                                   requested=["y"])
+    out3 = {"y": np.ones((5, 4), np.float32), "z": np.zeros(1, np.float32)}  # a new shape: a new header
+    payload3, headers3 = plan.encode("m", "1", out3)
+    assert json.loads(payload3[:int(headers3["Inference-Header-Content-Length"])])["outputs"][0]["shape"] == [5, 4]
+    assert json.loads(payload3[:int(headers3["Inference-Header-Content-Length"])])["id"] == "r1"
+
+
+def test_no_plan_is_reusable_for_json_data_bytes_or_bool():
+    x = np.ones((1, 2), np.float32)
+    json_body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}).encode()
+    assert not codec.V2Plan.of(codec.decode_v2_request(json_body, None), None, len(json_body)).reusable
+    b = np.array([True, False])
+    body, hl = _binary_request({"inputs": [{"name": "b", "shape": [2], "datatype": "BOOL",
+                                            "parameters": {"binary_data_size": 2}}]}, b)
+    assert not codec.V2Plan.of(codec.decode_v2_request(body, hl), hl, len(body)).reusable  # 0/1 checked each time
+    s = struct.pack("<I", 2) + b"hi"
+    h = json.dumps({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
+                                "parameters": {"binary_data_size": len(s)}}]}).encode()
+    assert not codec.V2Plan.of(codec.decode_v2_request(h + s, len(h)), len(h), len(h) + len(s)).reusable
+    mixed, hl = _binary_request({"inputs": [
+        {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+        {"name": "y", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, x)
+    assert not codec.V2Plan.of(codec.decode_v2_request(mixed, hl), hl, len(mixed)).reusable
+
+
+def test_dumps_writes_nan_as_stdlib_does_and_null_as_null():
+    assert codec.dumps({"a": np.array([1.0, np.nan], np.float32)}) == b'{"a":[1.0,NaN]}'
+    assert codec.dumps({"a": None, "b": np.array([1.5], np.float32)}) == b'{"a":null,"b":[1.5]}'
+    assert codec.dumps({"a": float("inf")}) == b'{"a":Infinity}'

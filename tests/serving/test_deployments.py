@@ -31,7 +31,7 @@ def server(tmp_path_factory):
     import uvicorn
     from fastapi.testclient import TestClient
 
-    from app.main import create_asgi
+    from app.main import create_asgi, http_protocol
     from tests.helpers import make_settings
 
     tmp = tmp_path_factory.mktemp("serving")
@@ -41,7 +41,9 @@ def server(tmp_path_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # as `modelport serve` runs it: its protocol, which answers inference requests without ASGI
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        http=http_protocol(settings), access_log=False, proxy_headers=False))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -55,7 +55,7 @@ def _children(pid: int) -> set[int]:
 
 
 class Workers:
-    def __init__(self, tmp: Path, n: int = 2):
+    def __init__(self, tmp: Path, n: int = 2, env: dict[str, str] | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "serve.log"
@@ -63,7 +63,7 @@ class Workers:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(n)], cwd=ROOT, env=_env(tmp / "data"), stdout=self._log, stderr=subprocess.STDOUT,
+             "--workers", str(n)], cwd=ROOT, env={**_env(tmp / "data"), **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + 120
         while True:
@@ -244,3 +244,21 @@ def test_each_workers_cache_gets_its_share(tmp_path):
     finally:
         one.executor.shutdown()
         two.executor.shutdown()
+
+
+def test_every_worker_holds_the_request_header_deadline(tmp_path):
+    """Workers run modelport's HTTP protocol as one process does: headers that stop half way get 408
+    within MODELPORT_REQUEST_HEADER_TIMEOUT_S (1 s here), on each of 8 connections the kernel spreads
+    over the 2 workers (they ran plain httptools before, which waits forever)."""
+    w = Workers(tmp_path, env={"MODELPORT_REQUEST_HEADER_TIMEOUT_S": "1"})
+    try:
+        conns = [socket.create_connection(("127.0.0.1", w.port), timeout=30) for _ in range(8)]
+        t0 = time.monotonic()
+        for c in conns:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        for c in conns:
+            with c, c.makefile("rb") as f:
+                assert f.readline().startswith(b"HTTP/1.1 408"), w.log()
+        assert time.monotonic() - t0 < 15
+    finally:
+        assert w.stop() == 0, w.log()
