@@ -167,6 +167,7 @@ def _check_shapes(arrays: dict[str, Any], inspection: dict[str, Any], code: str 
         except (TypeError, ValueError, ImportError):  # a dtype numpy does not name (Core ML "image"): shapes only
             want = dtype.name
         try:
-            check_sample(IOSpec(spec["name"], want, spec.get("shape")), shape, dtype)
+            check_sample(IOSpec(spec["name"], want, spec.get("shape")), shape, dtype,
+                         "calibration array" if code == "bad_calibration" else "sample")
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e), code=code, detail={"input": spec["name"]}) from None

@@ -64,25 +64,26 @@ def random_array(rng: np.random.Generator, dt: np.dtype, shape: tuple[int, ...],
     raise ValueError(f"input {name!r}: cannot make values of dtype {dt.name}")
 
 
-def check_sample(spec: IOSpec, shape: tuple[int, ...], dtype: np.dtype) -> np.dtype | None:
-    """Whether a sample of ``shape`` and ``dtype`` can feed ``spec`` (ValueError saying why not): the
-    rank and every fixed dim must match, the dtype be the same kind or castable without loss of
-    meaning. The dtype to cast it to, or None when the spec says nothing to check against."""
+def check_sample(spec: IOSpec, shape: tuple[int, ...], dtype: np.dtype, what: str = "sample") -> np.dtype | None:
+    """Whether a sample of ``shape`` and ``dtype`` can feed ``spec`` (ValueError saying why not, and
+    calling it ``what``): the rank and every fixed dim must match, the dtype be the same kind or
+    castable without loss of meaning. The dtype to cast it to, or None when the spec says nothing to
+    check against."""
     if spec.shape is None or not spec.dtype:
         return None
     dt = np_dtype(spec.dtype)
     if len(shape) != len(spec.shape):
-        raise ValueError(f"sample {spec.name!r} has shape {list(shape)}; the model expects rank "
+        raise ValueError(f"{what} {spec.name!r} has shape {list(shape)}; the model expects rank "
                          f"{len(spec.shape)} {spec.shape}")
     bad = [i for i, (s, d) in enumerate(zip(shape, spec.shape, strict=True))
            if not is_dynamic(d) and s != d]
     if bad:
-        raise ValueError(f"sample {spec.name!r} has shape {list(shape)}; the model expects {spec.shape}")
+        raise ValueError(f"{what} {spec.name!r} has shape {list(shape)}; the model expects {spec.shape}")
     if dtype != dt:
         ok = (_is_float(dt) and (_is_float(dtype) or dtype.kind in "iu")) or \
              (dt.kind in "iu" and dtype.kind in "iu") or (dt.kind == "b" and dtype.kind == "b")
         if not ok:
-            raise ValueError(f"sample {spec.name!r} has dtype {dtype.name}; the model expects {dt.name}")
+            raise ValueError(f"{what} {spec.name!r} has dtype {dtype.name}; the model expects {dt.name}")
     return dt
 
 

@@ -388,7 +388,7 @@ def measure_interleaved(runs: list[tuple[Target, int]], args, work: Path) -> tup
                 signal_session(sid, signal.SIGCONT)
     phase = time.monotonic() - t_phase
     out = []
-    for i, (t, _) in enumerate(runs):
+    for i in range(len(runs)):
         if i in failed:
             out.append({"error": failed[i]})
             continue
@@ -887,7 +887,6 @@ def main() -> int:
                     if up is not None:
                         procs[s] = up
                 runs: list[tuple[Target, int]] = []
-                recs: list[dict] = []
                 for s, (proc, targets) in procs.items():
                     for t in targets:
                         rec = record(t)

@@ -74,7 +74,7 @@ def test_calibration_sets_are_checked_like_samples(client, tmp_path):
     bad = [
         (b"not a zip", "must be an .npz of plain arrays"),
         (_npz(y=np.zeros((4, 32), np.float32)), "lacks arrays for inputs x"),
-        (_npz(x=np.zeros((4, 31), np.float32)), "x"),
+        (_npz(x=np.zeros((4, 31), np.float32)), "calibration array 'x' has shape [4, 31]"),
         (_npz(x=np.zeros((0, 32), np.float32)), "no rows"),
         (_npz(x=np.array([object()], dtype=object)), "pickle"),
     ]
