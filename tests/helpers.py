@@ -8,6 +8,32 @@ FAST_BENCH = {"batch_sizes": [1, 4], "max_seconds": 3}
 S3_KEY, S3_SECRET = "modelport-test-key", "modelport-test-secret"
 
 
+def serve(app, settings):
+    """``app`` behind a real uvicorn on a free loopback port, as `modelport serve` runs it (its
+    protocol, which answers inference requests without ASGI; no access log or proxy headers), in a
+    thread: ``(server, thread, port)``. Stop it with ``server.should_exit = True; thread.join()``."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from app.main import http_protocol
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        http=http_protocol(settings), access_log=False, proxy_headers=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)  # the poll interval; started is the event, under the deadline above
+    return srv, thread, port
+
+
 def make_settings(tmp_path: Path, **overrides):
     from app.config import Settings
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,28 +27,16 @@ def convert(client, model_id: str, target: str = "onnx", **body) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app on embedded defaults behind a real uvicorn on a free port (tritonclient needs HTTP)."""
-    import uvicorn
     from fastapi.testclient import TestClient
 
-    from app.main import create_asgi, http_protocol
-    from tests.helpers import make_settings
+    from app.main import create_asgi
+    from tests.helpers import make_settings, serve
 
     tmp = tmp_path_factory.mktemp("serving")
     # every request through the thread pool and the batcher here; the inline path has its own test
     settings = make_settings(tmp, serving_inline_us=0)
-    app = create_asgi(settings)  # as `modelport serve` runs it: inference routes on the ASGI fast path
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # as `modelport serve` runs it: its protocol, which answers inference requests without ASGI
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        http=http_protocol(settings), access_log=False, proxy_headers=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
+    app = create_asgi(settings)  # as `modelport serve` runs it: inference routes on the fast path
+    srv, thread, port = serve(app, settings)
     import httpx
 
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)

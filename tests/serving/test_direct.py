@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from tests import models
-from tests.helpers import make_settings
+from tests.helpers import make_settings, serve
 
 
 def _wait_for(cond, what: str, timeout: float = 30.0) -> None:
@@ -29,22 +28,14 @@ def _wait_for(cond, what: str, timeout: float = 30.0) -> None:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     import httpx
-    import uvicorn
 
-    from app.main import create_asgi, http_protocol
+    from app.main import create_asgi
 
     tmp = tmp_path_factory.mktemp("direct")
     # the tiny model always runs on the event loop here (inline), whatever the load on this host
     settings = make_settings(tmp, request_header_timeout_s=1.0, serving_inline_us=1e6)
     app = create_asgi(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        http=http_protocol(settings), access_log=False, proxy_headers=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    _wait_for(lambda: srv.started, "the server to start")
+    srv, thread, port = serve(app, settings)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     path = models.onnx_model(tmp)[0]
     m = client.post("/v1/models", params={"filename": path.name}, content=path.read_bytes(),
