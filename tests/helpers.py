@@ -34,6 +34,21 @@ def serve(app, settings):
     return srv, thread, port
 
 
+def stop_process(proc, log=None) -> None:
+    """SIGTERM ``proc`` (a server a test started), SIGKILL it if it has not ended within 20 s, then
+    close its ``log`` file."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if log is not None:
+        log.close()
+
+
 def make_settings(tmp_path: Path, **overrides):
     from app.config import Settings
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests import models
-from tests.helpers import make_settings, upload
+from tests.helpers import make_settings, stop_process, upload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,13 +341,7 @@ def test_big_json_is_decoded_off_the_event_loop(tmp_path, onnx_file):
                 # of it); the bound leaves room for a busy 2-core host
                 assert polls >= 3 and worst < max(0.5, took / 4), (url, polls, worst, took)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        stop_process(proc, log)
 
 
 # ------------------------------------------------------------------ names

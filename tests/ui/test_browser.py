@@ -24,6 +24,7 @@ import pytest
 
 from app import auth
 from tests import models
+from tests.helpers import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MODELPORT_CHROMIUM", "/usr/bin/chromium")
@@ -74,22 +75,12 @@ def _serve(tmp: Path, keys: list[tuple[str, str]]):
     return proc, url, tokens, log, log_path
 
 
-def _stop(proc, log) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ui-server")
     proc, url, (write, read), log, log_path = _serve(tmp, [("ui", "write"), ("ui", "read")])
     yield {"url": url, "write": write, "read": read, "log": log_path, "tmp": tmp}
-    _stop(proc, log)
+    stop_process(proc, log)
 
 
 @pytest.fixture(scope="module")
@@ -371,5 +362,5 @@ def test_a_server_without_keys_needs_no_sign_in(browser, tmp_path):
         context.close()
         assert problems == ["Failed to load resource: the server responded with a status of 404 (Not Found)"]
     finally:
-        _stop(proc, log)
+        stop_process(proc, log)
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
