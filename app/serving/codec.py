@@ -388,7 +388,6 @@ def decode_v2_request(body: bytes, header_length: int | None) -> V2Request:
                      binary_inputs=header_length is not None and offset == len(binary) and n_binary == len(inputs))
 
 
-
 @dataclass(slots=True)
 class V2Plan:
     """How to read a v2 binary request whose JSON header was seen before, and write its response.
@@ -449,8 +448,9 @@ class V2Plan:
         except KeyError:
             arrays = None
         if arrays is not None and self.out_key is not None:
-            key = tuple((n, a.dtype, a.shape) for n, a in zip(names, arrays, strict=True))
-            if key == self.out_key:
+            key = tuple((n, getattr(a, "dtype", None), getattr(a, "shape", None))
+                        for n, a in zip(names, arrays, strict=True))
+            if key == self.out_key:  # every output an array, as when the header was kept
                 return b"".join([self.out_header, *(np.ascontiguousarray(a).reshape(-1).view(np.uint8)
                                                     for a in arrays)]), self.out_headers
         payload, headers = encode_v2_response(model_name, model_version, self.request_id, outputs,
