@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             await endpoint_bench.stop_all(app.state)
             await app.state.models.close()
+            from app.serving.dataplane import close_decoders
+
+            close_decoders()
             if executor is not None:
                 executor.stop()
             db.dispose()

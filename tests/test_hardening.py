@@ -340,8 +340,34 @@ def test_big_json_is_decoded_off_the_event_loop(tmp_path, onnx_file):
                 # decoded on the loop, /healthz would wait about as long as the whole request (the decode is most
                 # of it); the bound leaves room for a busy 2-core host
                 assert polls >= 3 and worst < max(0.5, took / 4), (url, polls, worst, took)
+        children = _children(proc.pid)
+        assert children, "the decoder process should have started"
     finally:
         stop_process(proc, log)
+    # stopped with SIGTERM, the server takes its decoder process with it (it used to outlive it)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{c}").exists() and "zombie" not in _state(c) for c in children):
+        assert time.monotonic() < deadline, f"left running after the server stopped: {children}"
+        time.sleep(0.05)  # the poll interval; the event is the processes' end, under the deadline above
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]).lower()
+    except (OSError, IndexError):
+        return "gone"
 
 
 # ------------------------------------------------------------------ names

@@ -175,6 +175,16 @@ async def _maybe_process(big: bool, fn, *args):
                            "tensors in binary", "decoder_unavailable") from None
 
 
+def close_decoders() -> None:
+    """Stop the decoder process, waiting for a decode under way (a server's shutdown: uvicorn ends
+    the process by raising the SIGTERM it caught again, so no atexit handler would, and the child
+    outlived its server)."""
+    global _decoders
+    pool, _decoders = _decoders, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 async def loaded(state, name: str, version: str | None):
     cache = state.models
     row = await cache.aresolve(name, version)
